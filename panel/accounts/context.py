@@ -1,0 +1,42 @@
+"""Template context: the organizations a user belongs to and the current one (the switcher)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+
+from panel.accounts.choices import Action
+from panel.accounts.models import Organization
+from panel.accounts.scoping import for_user, role_in
+
+SESSION_KEY = "panel_organization_id"
+
+
+def current_organization(request: HttpRequest) -> Organization | None:
+    """The organization chosen in the switcher, or the first one the user can see."""
+    if not request.user.is_authenticated:
+        return None
+    cached = getattr(request, "_panel_current_org", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    visible = for_user(Organization, request.user, Action.VIEW)
+    chosen = visible.filter(pk=request.session.get(SESSION_KEY)).first() or visible.first()
+    request._panel_current_org = chosen  # type: ignore[attr-defined]
+    return chosen
+
+
+def organizations(request: HttpRequest) -> dict[str, Any]:
+    """Context processor for the base layout."""
+    if not request.user.is_authenticated:
+        return {}
+    organization = current_organization(request)
+    role = role_in(request.user, organization) if organization else None
+    return {
+        "organizations": for_user(Organization, request.user, Action.VIEW),
+        "current_organization": organization,
+        "current_role": role,
+        "is_staff_role": role in ("owner", "operator", "viewer"),
+        "can_change": role in ("owner", "operator"),
+        "is_owner": role == "owner",
+    }

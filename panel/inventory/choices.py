@@ -1,0 +1,25 @@
+"""Choices of the inventory."""
+
+from django.db import models
+
+
+class ServerStatus(models.TextChoices):
+    """Where a server stands in onboarding and validation."""
+
+    UNCONFIRMED = "unconfirmed", "Host key not confirmed"
+    UNVALIDATED = "unvalidated", "Not validated yet"
+    OK = "ok", "Ready"
+    PROBLEM = "problem", "Needs attention"
+
+
+class EnvironmentKind(models.TextChoices):
+    """What an environment is for."""
+
+    PRODUCTION = "production", "Production"
+    STAGING = "staging", "Staging"
+    TEST = "test", "Test"
+    DEVELOPMENT = "development", "Development"
+
+
+ODOO_VERSIONS = ["11.0", "12.0", "13.0", "14.0", "15.0", "16.0", "17.0", "18.0", "19.0"]
+OdooVersion = models.TextChoices("OdooVersion", [(v.replace(".", "_"), v) for v in ODOO_VERSIONS])  # type: ignore[misc]

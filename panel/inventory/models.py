@@ -1,0 +1,145 @@
+"""Servers (Docker hosts reached over SSH), Doodba projects and their environments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from panel.accounts.models import Organization
+from panel.crypto import EncryptedTextField
+from panel.inventory.choices import ODOO_VERSIONS, EnvironmentKind, ServerStatus
+from panel.validators import (
+    validate_compose_files,
+    validate_domain,
+    validate_env_mapping,
+    validate_git_ref,
+    validate_git_url,
+    validate_host,
+    validate_name,
+    validate_port,
+    validate_slug,
+    validate_unix_user,
+)
+
+validate_memory = RegexValidator(r"^[1-9][0-9]{0,5}[mMgG]$", "Enter a memory limit such as 512m or 4g.")
+validate_cpus = RegexValidator(r"^(?:[1-9][0-9]?|0)(?:\.[0-9]{1,2})?$", "Enter a CPU limit such as 1.5.")
+
+
+class Server(models.Model):
+    """A Docker host the panel reaches over SSH with a pinned host key."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="servers")
+    name = models.CharField(max_length=63, validators=[validate_name])
+    host = models.CharField(max_length=253, validators=[validate_host])
+    port = models.PositiveIntegerField(default=22, validators=[validate_port])
+    username = models.CharField(max_length=32, validators=[validate_unix_user])
+    private_key = EncryptedTextField(blank=True, help_text="OpenSSH private key, encrypted at rest.")
+    public_key = models.TextField(blank=True, help_text="The public key to install in authorized_keys.")
+    host_key_type = models.CharField(max_length=64, blank=True)
+    host_key_base64 = models.TextField(blank=True)
+    host_key_fingerprint = models.CharField(max_length=80, blank=True)
+    host_key_confirmed_at = models.DateTimeField(null=True, blank=True)
+    host_key_confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=ServerStatus.choices, default=ServerStatus.UNCONFIRMED)
+    status_message = models.TextField(blank=True)
+    os_name = models.CharField(max_length=200, blank=True)
+    architecture = models.CharField(max_length=32, blank=True)
+    docker_version = models.CharField(max_length=64, blank=True)
+    compose_version = models.CharField(max_length=64, blank=True)
+    disk_free_bytes = models.BigIntegerField(null=True, blank=True)
+    docker_access = models.BooleanField(null=True, blank=True)
+    labels = models.JSONField(default=list, blank=True)
+    last_validated_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    scope_organization = "organization"
+    scope_min_action = "view_details"
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="server_name_unique_per_org")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def host_key_pinned(self) -> bool:
+        """A person confirmed the host key's fingerprint."""
+        return bool(self.host_key_base64 and self.host_key_confirmed_at)
+
+
+class Project(models.Model):
+    """A Doodba project: a git repository generated from doodba-copier-template."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="projects")
+    name = models.CharField(max_length=63, validators=[validate_name])
+    slug = models.CharField(max_length=40, validators=[validate_slug])
+    git_url = models.CharField(max_length=500, validators=[validate_git_url])
+    default_branch = models.CharField(max_length=200, default="main", validators=[validate_git_ref])
+    odoo_version = models.CharField(max_length=8, default="16.0", choices=[(v, v) for v in ODOO_VERSIONS])
+    deploy_key = EncryptedTextField(blank=True, help_text="Private key the server uses to fetch the repository.")
+    deploy_public_key = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    scope_organization = "organization"
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["organization", "slug"], name="project_slug_unique_per_org")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Environment(models.Model):
+    """One deployment target of a project (production, staging, ...) on one server."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environments")
+    server = models.ForeignKey(Server, on_delete=models.PROTECT, related_name="environments")
+    name = models.CharField(max_length=40, validators=[validate_slug])
+    kind = models.CharField(max_length=16, choices=EnvironmentKind.choices, default=EnvironmentKind.PRODUCTION)
+    compose_files = models.JSONField(default=list, validators=[validate_compose_files])
+    compose_project = models.CharField(max_length=63, validators=[validate_slug])
+    git_ref = models.CharField(max_length=200, default="main", validators=[validate_git_ref])
+    domain = models.CharField(max_length=253, blank=True, validators=[validate_domain])
+    env_vars = models.JSONField(default=dict, blank=True, validators=[validate_env_mapping])
+    secrets = EncryptedTextField(blank=True, help_text="JSON mapping of secret variables, encrypted at rest.")
+    workers = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(64)])
+    cron_threads = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(16)])
+    cpu_limit = models.CharField(max_length=8, blank=True, validators=[validate_cpus])
+    memory_limit = models.CharField(max_length=8, blank=True, validators=[validate_memory])
+    backup_keep_daily = models.PositiveSmallIntegerField(default=7, validators=[MinValueValidator(1)])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    scope_organization = "project__organization"
+
+    class Meta:
+        ordering = ["project__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="environment_name_unique_per_project"),
+            models.UniqueConstraint(fields=["server", "compose_project"], name="compose_project_unique_per_server"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.name} / {self.name}"
+
+    def get_secrets(self) -> dict[str, str]:
+        """The decrypted secret variables."""
+        return json.loads(self.secrets) if self.secrets else {}
+
+    def set_secrets(self, values: dict[str, Any]) -> None:
+        """Replace the secret variables (validated like env vars)."""
+        validate_env_mapping(values)
+        self.secrets = json.dumps(values, sort_keys=True) if values else ""
+
+    @staticmethod
+    def default_compose_project(project: Project, name: str) -> str:
+        """Doodba's compose project key: ``{project}-{odoo version}-{env}`` with dots as dashes."""
+        return f"{project.slug}-{project.odoo_version}-{name}".replace(".", "-").lower()[:63]

@@ -1,0 +1,273 @@
+"""Domain actions of the inventory: onboarding a server (pinned host key), validating it, projects, environments."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from panel.accounts.models import Organization
+from panel.accounts.services import record
+from panel.inventory.choices import ServerStatus
+from panel.inventory.models import Environment, Project, Server
+from panel.jobs import services as jobs
+from panel.jobs.choices import JobKind
+from panel.jobs.models import Job
+from panel.jobs.runner import JobContext, JobFailed, handler
+from panel.remote import (
+    HostKeyMismatch,
+    RemoteError,
+    Target,
+    fetch_host_key,
+    generate_key_pair,
+    get_connection,
+    run_capture,
+)
+from panel.remote.docker import docker_client
+from panel.remote.ssh import public_line_of
+
+
+@transaction.atomic
+def create_server(
+    *,
+    organization: Organization,
+    actor: Any,
+    name: str,
+    host: str,
+    port: int,
+    username: str,
+    private_key: str = "",
+    labels: list[str] | None = None,
+) -> Server:
+    """Register a server: read its host key (not yet trusted) and keep or generate the panel's key pair.
+
+    The host key is only a candidate until a person confirms its fingerprint with ``confirm_host_key``.
+    Raises ``RemoteError`` when the host cannot be reached to read its key.
+    """
+    host_key = fetch_host_key(host, port)
+    if private_key:
+        public_key = public_line_of(private_key, f"doodba-panel@{name}")
+    else:
+        private_key, public_key = generate_key_pair(f"doodba-panel@{name}")
+    server = Server(
+        organization=organization,
+        name=name,
+        host=host,
+        port=port,
+        username=username,
+        private_key=private_key,
+        public_key=public_key,
+        host_key_type=host_key.key_type,
+        host_key_base64=host_key.base64,
+        host_key_fingerprint=host_key.fingerprint,
+        status=ServerStatus.UNCONFIRMED,
+        labels=labels or [],
+    )
+    server.full_clean()
+    server.save()
+    record(action="server.created", actor=actor, obj=server, detail={"fingerprint": host_key.fingerprint})
+    return server
+
+
+def confirm_host_key(*, server: Server, actor: Any, fingerprint: str) -> None:
+    """Pin the candidate host key once a person confirmed the fingerprint they were shown."""
+    if fingerprint.strip() != server.host_key_fingerprint:
+        raise JobFailed("The fingerprint you confirmed is not the one the server presented; nothing was pinned.")
+    server.host_key_confirmed_at = timezone.now()
+    server.host_key_confirmed_by = actor
+    server.status = ServerStatus.UNVALIDATED
+    server.status_message = ""
+    server.save(update_fields=["host_key_confirmed_at", "host_key_confirmed_by", "status", "status_message"])
+    record(action="server.host_key_confirmed", actor=actor, obj=server, detail={"fingerprint": fingerprint})
+
+
+def refetch_host_key(*, server: Server, actor: Any) -> None:
+    """Read the host key again (after a reinstall); it must be confirmed again before any command runs."""
+    host_key = fetch_host_key(server.host, server.port)
+    previous = server.host_key_fingerprint
+    server.host_key_type = host_key.key_type
+    server.host_key_base64 = host_key.base64
+    server.host_key_fingerprint = host_key.fingerprint
+    server.host_key_confirmed_at = None
+    server.host_key_confirmed_by = None
+    server.status = ServerStatus.UNCONFIRMED
+    server.save()
+    record(
+        action="server.host_key_refetched",
+        actor=actor,
+        obj=server,
+        security=True,
+        detail={"previous": previous, "fingerprint": host_key.fingerprint},
+    )
+
+
+def regenerate_server_key(*, server: Server, actor: Any) -> None:
+    """Replace the panel's key pair for a server; the new public key must be installed on the server."""
+    server.private_key, server.public_key = generate_key_pair(f"doodba-panel@{server.name}")
+    server.save(update_fields=["private_key", "public_key"])
+    record(action="server.key_regenerated", actor=actor, obj=server)
+
+
+def start_validation(*, server: Server, actor: Any, trigger: str = "user") -> Job:
+    """Queue a validation job for a server (one at a time per server)."""
+    job = jobs.create_job(
+        kind=JobKind.VALIDATE_SERVER,
+        organization=server.organization,
+        created_by=actor,
+        server=server,
+        lock_key=f"server:{server.pk}",
+        params={"server_id": server.pk},
+        trigger=trigger,
+    )
+    record(action="server.validate", actor=actor, obj=server, detail={"job": job.pk})
+    return job
+
+
+def _problem(problems: list[str], context: JobContext, message: str) -> None:
+    problems.append(message)
+    context.write(f"⚠ {message}")
+
+
+def _classify_docker_error(output: str, username: str) -> str:
+    lowered = output.lower()
+    if "permission denied" in lowered:
+        return (
+            f"User {username} may not use Docker (permission denied on the Docker socket). "
+            f"Add it to the docker group on the server: sudo usermod -aG docker {username}, then log in again."
+        )
+    if "cannot connect to the docker daemon" in lowered or "is the docker daemon running" in lowered:
+        return (
+            "The Docker daemon is not running (nothing answers on its socket). "
+            "Start it on the server: sudo systemctl start docker."
+        )
+    if "command not found" in lowered or "not found" in lowered:
+        return "Docker is not installed on the server: install docker.io or docker-ce."
+    return f"Docker did not answer: {output.strip()[:300]}"
+
+
+@handler(JobKind.VALIDATE_SERVER)
+def validate_server(context: JobContext) -> dict[str, Any]:
+    """Connect over the pinned key and check what deployments need; every problem is reported in words."""
+    server = Server.objects.get(pk=context.job.params["server_id"])
+    target = Target.for_server(server)
+    problems: list[str] = []
+    facts: dict[str, Any] = {}
+    try:
+        with context.step("Connect over SSH"):
+            context.write(
+                f"Connecting to {server.username}@{server.host}:{server.port}, expecting {server.host_key_fingerprint}"
+            )
+            get_connection(target)
+            context.write("Host key matches the pinned fingerprint; authenticated with the panel's key.")
+        with context.step("System"):
+            uname = run_capture(target, ["uname", "-s", "-r", "-m"])
+            release = run_capture(target, ["cat", "/etc/os-release"])
+            pretty = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', release.stdout, re.MULTILINE)
+            parts = uname.stdout.split()
+            facts["architecture"] = parts[-1] if parts else ""
+            facts["os_name"] = (pretty.group(1) if pretty else uname.stdout.strip())[:200]
+            context.write(f"OS: {facts['os_name']} ({uname.stdout.strip()})")
+        with context.step("Docker"):
+            version = run_capture(target, ["docker", "version", "--format", "{{.Server.Version}}"])
+            if version.ok and version.stdout.strip():
+                facts["docker_version"] = version.stdout.strip().splitlines()[-1][:64]
+                facts["docker_access"] = True
+                context.write(f"Docker engine {facts['docker_version']}; user {server.username} may use it.")
+                api = docker_client(target).version()
+                context.write(f"Docker API {api.get('ApiVersion')} reached through the pinned SSH connection.")
+            else:
+                message = _classify_docker_error(version.stderr + "\n" + version.stdout, server.username)
+                facts["docker_access"] = False if "permission denied" in message else None
+                _problem(problems, context, message)
+        with context.step("Docker Compose"):
+            compose = run_capture(target, ["docker", "compose", "version", "--short"])
+            if compose.ok and compose.stdout.strip():
+                facts["compose_version"] = compose.stdout.strip().splitlines()[-1][:64]
+                context.write(f"Docker Compose {facts['compose_version']}.")
+            elif "docker_version" in facts or "not a docker command" in compose.stderr:
+                _problem(
+                    problems,
+                    context,
+                    "The docker compose v2 plugin is missing: install docker-compose-plugin "
+                    "(or the docker-compose binary in ~/.docker/cli-plugins/).",
+                )
+        with context.step("Free disk"):
+            disk = run_capture(target, ["df", "-Pk", "--", "."])
+            rows = disk.stdout.strip().splitlines()
+            if disk.ok and len(rows) >= 2:
+                facts["disk_free_bytes"] = int(rows[-1].split()[3]) * 1024
+                context.write(f"Free disk in the home directory: {facts['disk_free_bytes'] / 2**30:.1f} GiB.")
+    except HostKeyMismatch as exc:
+        record(
+            action="server.host_key_mismatch",
+            obj=server,
+            security=True,
+            detail={"presented": exc.presented, "pinned": exc.pinned, "job": context.job.pk},
+        )
+        _save_validation(server, ServerStatus.PROBLEM, str(exc), {})
+        raise
+    except RemoteError as exc:
+        _save_validation(server, ServerStatus.PROBLEM, str(exc), facts)
+        raise
+    if problems:
+        message = " ".join(problems)
+        _save_validation(server, ServerStatus.PROBLEM, message, facts)
+        raise JobFailed(message)
+    _save_validation(server, ServerStatus.OK, "", facts)
+    return facts
+
+
+def _save_validation(server: Server, status: str, message: str, facts: dict[str, Any]) -> None:
+    fields = ["status", "status_message", "last_validated_at"]
+    server.status = status
+    server.status_message = message
+    server.last_validated_at = timezone.now()
+    for name in ("os_name", "architecture", "docker_version", "compose_version", "disk_free_bytes", "docker_access"):
+        if name in facts:
+            setattr(server, name, facts[name])
+            fields.append(name)
+    server.save(update_fields=fields)
+
+
+@transaction.atomic
+def create_project(
+    *, organization: Organization, actor: Any, generate_deploy_key: bool = True, **fields: Any
+) -> Project:
+    """Create a project; a deploy key pair is generated unless one is given."""
+    project = Project(organization=organization, **fields)
+    if generate_deploy_key and not project.deploy_key:
+        project.deploy_key, project.deploy_public_key = generate_key_pair(f"doodba-panel-deploy@{project.slug}")
+    project.full_clean()
+    project.save()
+    record(action="project.created", actor=actor, obj=project)
+    return project
+
+
+@transaction.atomic
+def create_environment(
+    *, project: Project, server: Server, actor: Any, secrets: dict[str, str] | None = None, **fields: Any
+) -> Environment:
+    """Create an environment of a project on a server of the same organization or of its provider."""
+    check_server_allowed(project=project, server=server)
+    environment = Environment(project=project, server=server, **fields)
+    if not environment.compose_project:
+        environment.compose_project = Environment.default_compose_project(project, environment.name)
+    if not environment.compose_files:
+        environment.compose_files = ["prod.yaml"]
+    if secrets:
+        environment.set_secrets(secrets)
+    environment.full_clean()
+    environment.save()
+    record(action="environment.created", actor=actor, obj=environment)
+    return environment
+
+
+def check_server_allowed(*, project: Project, server: Server) -> None:
+    """A project's environments run on servers of its organization or of the provider managing it."""
+    allowed = {project.organization_id, project.organization.managed_by_id}
+    if server.organization_id not in allowed:
+        from django.core.exceptions import ValidationError
+
+        raise ValidationError({"server": "Choose a server of this organization or of its provider."})

@@ -1,0 +1,38 @@
+"""Job states and kinds."""
+
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    """``queued → running → succeeded | failed | canceled | interrupted``."""
+
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+    INTERRUPTED = "interrupted", "Interrupted"
+
+
+ACTIVE_STATES = (JobStatus.QUEUED, JobStatus.RUNNING)
+TERMINAL_STATES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.INTERRUPTED)
+
+
+class JobKind(models.TextChoices):
+    """What a job does."""
+
+    VALIDATE_SERVER = "validate_server", "Validate server"
+    DEPLOY = "deploy", "Deploy"
+    ROLLBACK = "rollback", "Roll back"
+    BACKUP = "backup", "Back up"
+    RESTORE = "restore", "Restore"
+    COPY = "copy", "Copy production to staging"
+    VERIFY = "verify", "Verify backup"
+
+
+class LogStream(models.TextChoices):
+    """Where a log line came from."""
+
+    STDOUT = "out", "stdout"
+    STDERR = "err", "stderr"
+    PANEL = "panel", "panel"

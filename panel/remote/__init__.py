@@ -1,0 +1,42 @@
+"""Remote access: every command the panel runs on a server goes through this package.
+
+- ``ssh``: pinned-host-key SSH connections (paramiko), one per server per worker process, a channel per operation.
+- ``commands``: argv lists only; ``shlex.join`` is the only way to a remote shell string.
+- ``docker``: the docker SDK over the same pinned connection (``docker system dial-stdio``).
+"""
+
+from panel.remote.errors import (
+    AuthenticationFailed,
+    CommandTimeout,
+    HostKeyMismatch,
+    HostKeyNotConfirmed,
+    RemoteError,
+    Unreachable,
+)
+from panel.remote.ssh import (
+    CommandResult,
+    HostKey,
+    Target,
+    fetch_host_key,
+    generate_key_pair,
+    get_connection,
+    run,
+    run_capture,
+)
+
+__all__ = [
+    "AuthenticationFailed",
+    "CommandResult",
+    "CommandTimeout",
+    "HostKey",
+    "HostKeyMismatch",
+    "HostKeyNotConfirmed",
+    "RemoteError",
+    "Target",
+    "Unreachable",
+    "fetch_host_key",
+    "generate_key_pair",
+    "get_connection",
+    "run",
+    "run_capture",
+]

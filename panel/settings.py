@@ -1,0 +1,205 @@
+"""Django settings, read only from environment variables (see panel/env.py and the README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from panel.env import envbool, envfloat, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(envstr("PANEL_DATA_DIR", str(BASE_DIR / "var")))
+
+SECRET_KEY = envstr("PANEL_SECRET_KEY")
+DEBUG = envbool("PANEL_DEBUG", False)
+ALLOWED_HOSTS = envlist("PANEL_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = envlist("PANEL_CSRF_TRUSTED_ORIGINS", "")
+
+# HTTPS hardening; a local run on http://127.0.0.1 sets PANEL_HTTPS=false.
+PANEL_HTTPS = envbool("PANEL_HTTPS", True)
+SECURE_SSL_REDIRECT = PANEL_HTTPS
+SESSION_COOKIE_SECURE = PANEL_HTTPS
+CSRF_COOKIE_SECURE = PANEL_HTTPS
+SECURE_HSTS_SECONDS = envint("PANEL_HSTS_SECONDS", 31536000 if PANEL_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = PANEL_HTTPS
+SECURE_HSTS_PRELOAD = envbool("PANEL_HSTS_PRELOAD", False)
+if envbool("PANEL_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = envint("PANEL_SESSION_SECONDS", 12 * 3600, minimum=60)
+X_FRAME_OPTIONS = "DENY"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "django_celery_beat",
+    "panel.accounts",
+    "panel.inventory",
+    "panel.jobs",
+    "deployments",
+    "backups",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "panel.middleware.ContentSecurityPolicyMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "panel.urls"
+ASGI_APPLICATION = "panel.asgi.application"
+WSGI_APPLICATION = "panel.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "panel.accounts.context.organizations",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'panel.sqlite3'}"),
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Several processes (web, worker, beat) share the file: wait instead of failing on a busy database.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("PANEL_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(envstr("PANEL_STATIC_ROOT", str(DATA_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# Redis: Celery's broker and the Channels layer.
+REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60},
+    }
+}
+
+# Celery (namespace CELERY_ in panel/celery.py).
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "jobs"
+CELERY_TASK_ROUTES = {
+    "panel.jobs.tasks.run_job": {"queue": "jobs"},
+    "panel.jobs.tasks.reap_stale_jobs": {"queue": "monitoring"},
+    "monitoring.*": {"queue": "monitoring"},
+}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)}
+CELERY_BEAT_SCHEDULER = envstr("CELERY_BEAT_SCHEDULER", "django_celery_beat.schedulers:DatabaseScheduler")
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Secrets at rest: a comma-separated list of Fernet keys; the first encrypts, all decrypt (rotation).
+PANEL_ENCRYPTION_KEYS = envlist("PANEL_ENCRYPTION_KEYS")
+
+# Remote access (seconds).
+SSH_CONNECT_TIMEOUT = envfloat("SSH_CONNECT_TIMEOUT", 10.0)
+SSH_BANNER_TIMEOUT = envfloat("SSH_BANNER_TIMEOUT", 10.0)
+SSH_AUTH_TIMEOUT = envfloat("SSH_AUTH_TIMEOUT", 15.0)
+SSH_COMMAND_TIMEOUT = envfloat("SSH_COMMAND_TIMEOUT", 900.0)
+SSH_IDLE_OUTPUT_TIMEOUT = envfloat("SSH_IDLE_OUTPUT_TIMEOUT", 300.0)
+SSH_KEEPALIVE_INTERVAL = envint("SSH_KEEPALIVE_INTERVAL", 15, minimum=0)
+SSH_MAX_CHANNELS = envint("SSH_MAX_CHANNELS", 8, minimum=1)
+
+# Jobs.
+JOB_HEARTBEAT_INTERVAL = envfloat("JOB_HEARTBEAT_INTERVAL", 5.0)
+JOB_STALE_AFTER = envfloat("JOB_STALE_AFTER", 60.0)
+JOB_REAPER_INTERVAL = envfloat("JOB_REAPER_INTERVAL", 30.0)
+JOB_LOG_BATCH_LINES = envint("JOB_LOG_BATCH_LINES", 100, minimum=1)
+JOB_LOG_FLUSH_INTERVAL = envfloat("JOB_LOG_FLUSH_INTERVAL", 0.2)
+JOB_LOG_PAGE_SIZE = envint("JOB_LOG_PAGE_SIZE", 1000, minimum=1)
+JOB_LOG_MAX_LINE = envint("JOB_LOG_MAX_LINE", 8192, minimum=80)
+
+# Accounts.
+LOGIN_LOCKOUT_ATTEMPTS = envint("LOGIN_LOCKOUT_ATTEMPTS", 5, minimum=1)
+LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+API_TOKEN_DEFAULT_DAYS = envint("API_TOKEN_DEFAULT_DAYS", 90, minimum=1)
+API_TOKEN_MAX_DAYS = envint("API_TOKEN_MAX_DAYS", 365, minimum=1)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "panel.accounts.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": envint("API_PAGE_SIZE", 100, minimum=1),
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "panel.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Doodba Panel API",
+    "DESCRIPTION": "Servers, projects, environments and jobs of a Doodba hosting panel.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+LOG_LEVEL = envstr("PANEL_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"paramiko": {"level": "WARNING"}},
+}

@@ -1,0 +1,34 @@
+"""Test settings: the real settings module, with test defaults for the environment it reads."""
+
+import os
+
+TEST_ENV = {
+    "PANEL_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH",
+    # A fixed Fernet key for tests only; a real install generates its own (see README).
+    "PANEL_ENCRYPTION_KEYS": "k0N3w3mX8mY2j3mFv8ZrQy8p2m1b8d0X5v6l4m2n9qE=",
+    "PANEL_HTTPS": "false",
+    "PANEL_DEBUG": "false",
+    "PANEL_ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+    "DATABASE_URL": "postgres://panel_test:panel_test@127.0.0.1:5432/panel_test",
+    "REDIS_URL": "redis://127.0.0.1:6390/0",
+    "CELERY_BEAT_SCHEDULER": "celery.beat:PersistentScheduler",
+    "JOB_HEARTBEAT_INTERVAL": "1",
+    "JOB_STALE_AFTER": "5",
+    "JOB_REAPER_INTERVAL": "2",
+    "JOB_LOG_FLUSH_INTERVAL": "0.1",
+    "SSH_CONNECT_TIMEOUT": "3",
+    "SSH_BANNER_TIMEOUT": "3",
+    "SSH_AUTH_TIMEOUT": "5",
+    "LOGIN_LOCKOUT_ATTEMPTS": "5",
+}
+for _name, _value in TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+from panel.settings import *  # noqa: E402,F403
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
