@@ -20,6 +20,7 @@ TEST_ENV = {
     "SSH_BANNER_TIMEOUT": "3",
     "SSH_AUTH_TIMEOUT": "5",
     "LOGIN_LOCKOUT_ATTEMPTS": "5",
+    "CELERY_IMPORTS": "tests.job_handlers",
 }
 for _name, _value in TEST_ENV.items():
     os.environ.setdefault(_name, _value)

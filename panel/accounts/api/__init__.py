@@ -1,0 +1,1 @@
+"""REST API of tenancy: organizations, API tokens, and the scoped base classes the other API packages share."""

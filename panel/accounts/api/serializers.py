@@ -1,0 +1,169 @@
+"""Serializers of tenancy, and the pieces every API serializer shares.
+
+- ``ScopedRelatedField``: a foreign key the caller may only point at objects the scoping helper lets them see
+  (anything else "does not exist", exactly like an unknown id) and may only use when they may take the required
+  action there (403 otherwise: e.g. a viewer creating a server in their own organization).
+- ``PanelModelSerializer``: never trims whitespace (a trailing newline is rejected by the validators rather than
+  silently removed), maps Django ``ValidationError`` to field errors, and supports create-only fields.
+- ``CustomerViewMixin``: a representation reduced to an allowlist of fields for callers who may only see status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from rest_framework import exceptions, serializers
+from rest_framework.fields import CharField
+
+from panel.accounts.choices import Action, TokenScope
+from panel.accounts.models import ApiToken, Organization
+from panel.accounts.scoping import can, for_user, organization_ids, role_in
+from panel.validators import validate_name
+
+
+def api_validation_error(exc: DjangoValidationError) -> exceptions.ValidationError:
+    """A Django ``ValidationError`` (from ``full_clean`` or a validator) as a DRF 400 with field errors."""
+    if hasattr(exc, "error_dict"):
+        errors = {
+            ("non_field_errors" if field == NON_FIELD_ERRORS else field): messages
+            for field, messages in exc.message_dict.items()
+        }
+        return exceptions.ValidationError(errors)
+    return exceptions.ValidationError({"non_field_errors": exc.messages})
+
+
+def request_user(serializer: serializers.BaseSerializer[Any]) -> Any:
+    """The user making the request the serializer works for (None outside a request, e.g. schema generation)."""
+    request = serializer.context.get("request")
+    return getattr(request, "user", None)
+
+
+class ScopedRelatedField(serializers.PrimaryKeyRelatedField):  # type: ignore[type-arg]
+    """A primary key restricted by ``for_user``: invisible objects do not exist; visible ones need ``require``."""
+
+    def __init__(self, model: type[models.Model], require: str = Action.CHANGE, **kwargs: Any) -> None:
+        self.model = model
+        self.require = require
+        kwargs.setdefault("queryset", model._default_manager.none())
+        super().__init__(**kwargs)
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        user = request_user(self)
+        if user is None:
+            return self.model._default_manager.none()
+        return for_user(self.model, user, Action.VIEW)
+
+    def to_internal_value(self, data: Any) -> Any:
+        obj = super().to_internal_value(data)
+        if not can(request_user(self), self.require, obj):
+            raise exceptions.PermissionDenied(
+                f"Your role does not allow changes in this {self.model._meta.verbose_name}."
+            )
+        return obj
+
+
+class PanelModelSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """Base of every model serializer of the API (see the module docstring).
+
+    ``Meta.create_only`` names fields that are writable on create and read-only afterwards.
+    """
+
+    def build_standard_field(self, field_name: str, model_field: Any) -> tuple[type[Any], dict[str, Any]]:
+        field_class, kwargs = super().build_standard_field(field_name, model_field)
+        if issubclass(field_class, CharField):
+            kwargs["trim_whitespace"] = False
+        return field_class, kwargs
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        fields = super().get_fields()
+        if self.instance is not None and not isinstance(self.instance, (list, models.QuerySet)):
+            for name in getattr(self.Meta, "create_only", ()):
+                fields[name].read_only = True
+        return fields
+
+
+class CustomerViewMixin:
+    """Reduce the representation to ``customer_fields`` unless the caller may see details of the object's org."""
+
+    customer_fields: ClassVar[tuple[str, ...]] = ()
+    context: dict[str, Any]
+
+    def organization_id_of(self, instance: Any) -> int:
+        """The id of the organization that owns ``instance``."""
+        return int(instance.organization_id)
+
+    def shows_details(self, instance: Any) -> bool:
+        """Whether the caller's role in the object's organization includes ``view_details``."""
+        user = getattr(self.context.get("request"), "user", None)
+        return self.organization_id_of(instance) in organization_ids(user, Action.VIEW_DETAILS)
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)  # type: ignore[misc]
+        if self.shows_details(instance):
+            return data
+        return {name: data[name] for name in self.customer_fields}
+
+
+class OrganizationSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """An organization the caller belongs to (or manages), with the caller's effective role in it."""
+
+    role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "managed_by", "role"]
+        read_only_fields = fields
+
+    def get_role(self, organization: Organization) -> str | None:
+        """owner, operator, viewer or customer."""
+        user = request_user(self)
+        return role_in(user, organization) if user is not None else None
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """One of the caller's API tokens; the secret is never shown again after creation."""
+
+    is_usable = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "scope",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "created_at",
+            "is_usable",
+        ]
+        read_only_fields = fields
+
+
+class ApiTokenCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """What creating a token takes: a name, a scope and a lifetime in days (capped by API_TOKEN_MAX_DAYS)."""
+
+    name = serializers.CharField(max_length=63, trim_whitespace=False, validators=[validate_name])
+    scope = serializers.ChoiceField(choices=TokenScope.choices, default=TokenScope.READ)
+    days = serializers.IntegerField(min_value=1, required=False)
+
+    def validate_days(self, value: int) -> int:
+        """At most API_TOKEN_MAX_DAYS."""
+        if value > settings.API_TOKEN_MAX_DAYS:
+            raise serializers.ValidationError(f"Tokens live at most {settings.API_TOKEN_MAX_DAYS} days.")
+        return value
+
+
+class ApiTokenCreatedSerializer(ApiTokenSerializer):
+    """A token just created: the only response that carries the plain ``token`` value."""
+
+    token = serializers.CharField(read_only=True, help_text="Shown once; only a hash is stored.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields

@@ -1,0 +1,133 @@
+"""API views of tenancy (organizations, tokens) and ``ScopedModelViewSet``, the base of every object endpoint.
+
+Access rules, the same for every endpoint:
+
+- Objects are reached only through ``for_user(Model, user, action)`` with ``action`` = ``view`` for safe methods and
+  ``change`` for the others. An object the caller may not take that action on answers **404** with the same body as
+  an id that does not exist (another organization's server, or a viewer trying to PATCH or DELETE).
+- Creating takes the target (``organization``, or ``project`` for an environment) in the body. A target the caller
+  cannot see is refused like an unknown id (400 "does not exist"); one the caller can see but not change (a viewer's
+  or a customer's own organization) answers **403**.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.db import models
+from django.db.models import ProtectedError
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+
+from panel.accounts.api.serializers import (
+    ApiTokenCreatedSerializer,
+    ApiTokenCreateSerializer,
+    ApiTokenSerializer,
+    OrganizationSerializer,
+)
+from panel.accounts.choices import Action
+from panel.accounts.models import ApiToken, Organization
+from panel.accounts.scoping import for_user
+from panel.accounts.services import create_token, record, revoke_token
+from panel.jobs.choices import ACTIVE_STATES
+from panel.jobs.models import Job
+
+
+class Conflict(exceptions.APIException):
+    """409: the request is valid but the object's state does not allow it now."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The object's current state does not allow this."
+    default_code = "conflict"
+
+
+class ScopedModelViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
+    """A model viewset whose every object goes through the scoping helper (see the module docstring)."""
+
+    model: ClassVar[type[models.Model]]
+    audit_name: ClassVar[str]
+    http_method_names: ClassVar[list[str]] = ["get", "post", "patch", "delete", "head", "options"]  # type: ignore[misc]
+
+    def scope_action(self) -> str:
+        """``view`` for safe methods, ``change`` for the others."""
+        return Action.VIEW if self.request.method in SAFE_METHODS else Action.CHANGE
+
+    def base_queryset(self) -> models.QuerySet[Any]:
+        """The unscoped queryset (select_related etc.); ``get_queryset`` scopes it."""
+        return self.model._default_manager.all()
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        if getattr(self, "swagger_fake_view", False):
+            return self.model._default_manager.none()
+        return for_user(self.base_queryset(), self.request.user, self.scope_action())
+
+    def active_jobs(self, instance: Any) -> models.QuerySet[Job]:
+        """Queued or running jobs that would lose their target if ``instance`` were deleted."""
+        return Job.objects.none()
+
+    def perform_destroy(self, instance: Any) -> None:
+        busy = self.active_jobs(instance).filter(status__in=ACTIVE_STATES).first()
+        if busy is not None:
+            raise Conflict(f"Job #{busy.pk} is queued or running on it; wait for it to end or cancel it.")
+        record(action=f"{self.audit_name}.deleted", actor=self.request.user, obj=instance, request=self.request)
+        try:
+            instance.delete()
+        except ProtectedError as exc:
+            names = sorted({str(obj) for obj in exc.protected_objects})[:10]
+            raise Conflict(f"It is still used by: {', '.join(names)}.") from exc
+
+
+class OrganizationViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+    """Organizations the caller belongs to or manages, with the caller's role (ids to use when creating objects)."""
+
+    serializer_class = OrganizationSerializer
+
+    def get_queryset(self) -> models.QuerySet[Organization]:
+        if getattr(self, "swagger_fake_view", False):
+            return Organization.objects.none()
+        return for_user(Organization, self.request.user, Action.VIEW)
+
+
+class ApiTokenViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,  # type: ignore[type-arg]
+):
+    """The caller's own API tokens. Tokens belong to a user, not an organization: the queryset is the caller's.
+
+    Creating a token needs a session (a person signed in): a token cannot mint tokens, so a leaked token cannot
+    outlive its own expiry. Deleting revokes the token at once (the row stays for the audit trail).
+    """
+
+    serializer_class = ApiTokenSerializer
+
+    def get_queryset(self) -> models.QuerySet[ApiToken]:
+        if getattr(self, "swagger_fake_view", False):
+            return ApiToken.objects.none()
+        return ApiToken.objects.filter(user=self.request.user)
+
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
+        if self.action == "create":
+            return ApiTokenCreateSerializer
+        return ApiTokenSerializer
+
+    @extend_schema(request=ApiTokenCreateSerializer, responses={201: ApiTokenCreatedSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Create a token; the response is the only time its plain value is shown."""
+        if isinstance(request.auth, ApiToken):
+            raise exceptions.PermissionDenied("Sign in to create API tokens; a token cannot create tokens.")
+        serializer = ApiTokenCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        token, plain = create_token(user=request.user, **serializer.validated_data)
+        token.token = plain  # type: ignore[attr-defined]
+        return Response(ApiTokenCreatedSerializer(token).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: ApiToken) -> None:
+        if instance.revoked_at is None:
+            revoke_token(token=instance, actor=self.request.user)

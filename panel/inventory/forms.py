@@ -1,0 +1,250 @@
+"""Forms of the inventory pages. Every value is checked by the model's allowlist validators (panel/validators.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+
+from panel.accounts.models import Organization
+from panel.inventory.models import Environment, Project, Server
+from panel.remote import RemoteError
+from panel.remote.ssh import load_private_key
+from panel.validators import validate_compose_file, validate_env_name, validate_env_value, validate_name
+
+MAX_LABELS = 20
+
+
+class WriteOnlyTextarea(forms.Textarea):
+    """A textarea that never renders a value, not even the one just submitted (secrets, private keys)."""
+
+    def format_value(self, value: Any) -> str | None:
+        return None
+
+
+def apply_validation_error(form: forms.Form, error: ValidationError) -> None:
+    """Show a model ``ValidationError`` on the form: on its field when the form has it, else above the form."""
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error)
+
+
+def parse_variables(text: str, label: str) -> dict[str, str]:
+    """``NAME=value`` lines into a mapping; blank lines and ``#`` comments are skipped; names must be unique."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValidationError(f"{label}, line {number}: write NAME=value.")
+        try:
+            validate_env_name(name)
+            validate_env_value(value)
+        except ValidationError as exc:
+            raise ValidationError(f"{label}, line {number}: {' '.join(exc.messages)}") from exc
+        if name in values:
+            raise ValidationError(f"{label}, line {number}: {name} is set twice.")
+        values[name] = value
+    return values
+
+
+def format_variables(values: dict[str, str]) -> str:
+    """A mapping as ``NAME=value`` lines (for env vars only, never for secrets)."""
+    return "\n".join(f"{name}={value}" for name, value in sorted(values.items()))
+
+
+def parse_labels(text: str) -> list[str]:
+    """Comma-separated labels, each a display name."""
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if len(labels) > MAX_LABELS:
+        raise ValidationError(f"At most {MAX_LABELS} labels.")
+    for label in labels:
+        try:
+            validate_name(label)
+        except ValidationError as exc:
+            raise ValidationError(f"Label {label[:40]!r}: {' '.join(exc.messages)}") from exc
+    return list(dict.fromkeys(labels))
+
+
+class ServerCreateForm(forms.ModelForm):
+    """Register a server; the host key is read on submit and must be confirmed on the next page."""
+
+    private_key = forms.CharField(
+        required=False,
+        widget=WriteOnlyTextarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="Optional OpenSSH private key (without passphrase). Leave blank and the panel generates a key pair.",
+    )
+
+    class Meta:
+        model = Server
+        fields = ["organization", "name", "host", "port", "username"]
+        help_texts = {"host": "DNS name or IP address.", "username": "The Unix user the panel logs in as."}
+
+    def __init__(self, *args: Any, organizations: QuerySet[Organization], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["organization"].queryset = organizations  # type: ignore[attr-defined]
+        self.fields["organization"].empty_label = None  # type: ignore[attr-defined]
+
+    def clean_private_key(self) -> str:
+        text = self.cleaned_data["private_key"].replace("\r\n", "\n").strip()
+        if not text:
+            return ""
+        try:
+            load_private_key(text + "\n")
+        except RemoteError as exc:
+            raise ValidationError(
+                "This private key cannot be read: paste an unencrypted OpenSSH or PEM key (Ed25519, ECDSA or RSA)."
+            ) from exc
+        return text + "\n"
+
+
+class ServerEditForm(forms.ModelForm):
+    """Change a server's name, labels, port and login user (the host and its pinned key stay)."""
+
+    labels_text = forms.CharField(label="Labels", required=False, help_text="Comma-separated.")
+
+    class Meta:
+        model = Server
+        fields = ["name", "port", "username"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["labels_text"].initial = ", ".join(self.instance.labels or [])
+
+    def clean_labels_text(self) -> list[str]:
+        return parse_labels(self.cleaned_data["labels_text"])
+
+    def save(self, commit: bool = True) -> Server:
+        self.instance.labels = self.cleaned_data["labels_text"]
+        return super().save(commit=commit)
+
+
+class ProjectForm(forms.ModelForm):
+    """Create or edit a project (its organization and slug are fixed once created)."""
+
+    class Meta:
+        model = Project
+        fields = ["organization", "name", "slug", "git_url", "default_branch", "odoo_version"]
+        labels = {"git_url": "Git URL"}
+        help_texts = {
+            "slug": "Lowercase machine name, used in compose project names; cannot be changed later.",
+            "git_url": "ssh://, https://, user@host:path, or an absolute path on the server.",
+        }
+
+    def __init__(self, *args: Any, organizations: QuerySet[Organization] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            del self.fields["organization"]
+            del self.fields["slug"]
+        else:
+            self.fields["organization"].queryset = organizations  # type: ignore[attr-defined]
+            self.fields["organization"].empty_label = None  # type: ignore[attr-defined]
+
+
+class EnvironmentForm(forms.ModelForm):
+    """Create or edit an environment. Secrets are write-only: a blank field keeps the stored ones."""
+
+    compose_files_text = forms.CharField(
+        label="Compose files",
+        initial="prod.yaml",
+        help_text="Comma-separated file names inside the project, such as prod.yaml.",
+    )
+    env_vars_text = forms.CharField(
+        label="Environment variables",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        help_text="One NAME=value per line.",
+    )
+    secrets_text = forms.CharField(
+        label="Secret variables",
+        required=False,
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="One NAME=value per line. Stored encrypted and never shown again.",
+    )
+    clear_secrets = forms.BooleanField(label="Remove all stored secrets", required=False)
+
+    class Meta:
+        model = Environment
+        fields = [
+            "name",
+            "kind",
+            "server",
+            "git_ref",
+            "domain",
+            "workers",
+            "cron_threads",
+            "cpu_limit",
+            "memory_limit",
+            "backup_keep_daily",
+        ]
+        labels = {"git_ref": "Git branch, tag or commit"}
+
+    def __init__(self, *args: Any, servers: QuerySet[Server], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["server"].queryset = servers  # type: ignore[attr-defined]
+        if self.instance.pk:
+            # Renaming or moving an environment is a migration, not an edit.
+            del self.fields["name"]
+            del self.fields["server"]
+            self.fields["compose_files_text"].initial = ", ".join(self.instance.compose_files)
+            self.fields["env_vars_text"].initial = format_variables(self.instance.env_vars)
+            names = sorted(self.instance.get_secrets())
+            if names:
+                self.fields[
+                    "secrets_text"
+                ].help_text = (
+                    f"Stored: {', '.join(names)}. Leave blank to keep them; lines entered here replace all of them."
+                )
+            else:
+                del self.fields["clear_secrets"]
+        else:
+            del self.fields["clear_secrets"]
+
+    def clean_compose_files_text(self) -> list[str]:
+        files = [name.strip() for name in self.cleaned_data["compose_files_text"].split(",") if name.strip()]
+        if not files or len(files) > 10:
+            raise ValidationError("Enter between one and ten compose files.")
+        for name in files:
+            try:
+                validate_compose_file(name)
+            except ValidationError as exc:
+                raise ValidationError(f"{name[:40]!r}: {' '.join(exc.messages)}") from exc
+        return files
+
+    def clean_env_vars_text(self) -> dict[str, str]:
+        return parse_variables(self.cleaned_data["env_vars_text"], "Environment variables")
+
+    def clean_secrets_text(self) -> dict[str, str]:
+        return parse_variables(self.cleaned_data["secrets_text"], "Secret variables")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        both = set(cleaned.get("env_vars_text") or {}) & set(cleaned.get("secrets_text") or {})
+        if both:
+            raise ValidationError(f"Set {', '.join(sorted(both))} either as a variable or as a secret, not both.")
+        return cleaned
+
+    def model_fields(self) -> dict[str, Any]:
+        """The cleaned values of model fields, for ``create_environment``."""
+        fields = {name: self.cleaned_data[name] for name in self._meta.fields or [] if name in self.cleaned_data}
+        fields["compose_files"] = self.cleaned_data["compose_files_text"]
+        fields["env_vars"] = self.cleaned_data["env_vars_text"]
+        return fields
+
+    def save(self, commit: bool = True) -> Environment:
+        """Apply an edit: variables always, secrets only when entered (or cleared on request)."""
+        environment: Environment = self.instance
+        environment.compose_files = self.cleaned_data["compose_files_text"]
+        environment.env_vars = self.cleaned_data["env_vars_text"]
+        if self.cleaned_data.get("secrets_text"):
+            environment.set_secrets(self.cleaned_data["secrets_text"])
+        elif self.cleaned_data.get("clear_secrets"):
+            environment.set_secrets({})
+        return super().save(commit=commit)

@@ -1,0 +1,1 @@
+"""REST API of jobs: status, log lines, cancel."""
