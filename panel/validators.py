@@ -26,6 +26,8 @@ GIT_URL_RE = re.compile(
 )
 GIT_PATH_RE = re.compile(r"/[A-Za-z0-9_./-]{1,400}")
 REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+# Stricter than git check-ref-format, which allows shell metacharacters (;, $, `, |, &) in ref names.
+REF_ALLOWED = re.compile(r"[A-Za-z0-9._/+-]+")
 CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -89,9 +91,10 @@ def validate_git_ref(value: str) -> None:
         or value == "@"
         or "/." in value
         or REF_FORBIDDEN.search(value)
+        or not REF_ALLOWED.fullmatch(value)
     ):
         _fail(
-            "Enter a valid git branch, tag or commit (no spaces, '..', '~', '^', ':', '?', '*', '[', or leading '-')."
+            "Enter a valid git branch, tag or commit: letters, digits, '.', '_', '/', '+' or '-', not starting with '-'."
         )
 
 

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET
 
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user, get_for_user
+from panel.jobs.choices import JobStatus
 from panel.jobs.models import Job, JobLogLine
 from panel.jobs.services import serialize_line
 
@@ -34,7 +35,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
     if status:
         jobs = jobs.filter(status=status)
     page = Paginator(jobs, JOBS_PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "jobs/job_list.html", {"page": page, "status": status})
+    return render(request, "jobs/job_list.html", {"page": page, "status": status, "statuses": JobStatus.choices})
 
 
 @require_GET

@@ -108,6 +108,12 @@ class CustomerViewMixin:
         return {name: data[name] for name in self.customer_fields}
 
 
+class DetailSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """An error or refusal in words (404, 409, ...)."""
+
+    detail = serializers.CharField()
+
+
 class OrganizationSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     """An organization the caller belongs to (or manages), with the caller's effective role in it."""
 

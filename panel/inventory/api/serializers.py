@@ -21,7 +21,6 @@ from panel.accounts.api.serializers import (
     api_validation_error,
     request_user,
 )
-from panel.accounts.choices import Action
 from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory import services
@@ -314,12 +313,3 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
                     detail={"names": sorted(changes)},
                 )
             return save_changes(instance, validated_data, actor=request_user(self), action="environment.updated")  # type: ignore[no-any-return]
-
-
-__all__ = [
-    "Action",
-    "ConfirmHostKeySerializer",
-    "EnvironmentSerializer",
-    "ProjectSerializer",
-    "ServerSerializer",
-]

@@ -1,0 +1,128 @@
+"""API endpoints of servers, projects and environments (thin: scope, validate, call a service, answer).
+
+Who may call them is described in ``panel.accounts.api.views``: staff of an organization (owner, operator) change,
+viewers read, customers read projects and environments in a reduced form and never see servers; everything else
+answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import exceptions, serializers, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from panel.accounts.api.serializers import DetailSerializer
+from panel.accounts.api.views import Conflict, ScopedModelViewSet
+from panel.inventory import services
+from panel.inventory.api.serializers import (
+    ConfirmHostKeySerializer,
+    EnvironmentSerializer,
+    ProjectSerializer,
+    ServerSerializer,
+)
+from panel.inventory.models import Environment, Project, Server
+from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
+from panel.jobs.models import Job
+from panel.jobs.runner import JobFailed
+from panel.jobs.services import TargetBusy
+from panel.remote import RemoteError
+
+
+class RemoteUnavailable(exceptions.APIException):
+    """400: the host could not be reached to read its key; the message says why in words a person can act on."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "remote_error"
+
+
+@extend_schema_view(
+    create=extend_schema(
+        description="Register a server: its host key is read (not yet trusted) and a key pair kept or generated.",
+        responses={201: ServerSerializer, 400: DetailSerializer},
+    ),
+    destroy=extend_schema(responses={204: None, 409: DetailSerializer}),
+)
+class ServerViewSet(ScopedModelViewSet):
+    """Docker hosts. Owners and operators change them, viewers read them, customers never see them."""
+
+    model = Server
+    audit_name = "server"
+    serializer_class = ServerSerializer
+
+    def base_queryset(self) -> models.QuerySet[Server]:
+        return Server.objects.select_related("organization")
+
+    def active_jobs(self, instance: Server) -> models.QuerySet[Job]:
+        return Job.objects.filter(models.Q(server=instance) | models.Q(environment__server=instance))
+
+    def perform_create(self, serializer: Any) -> None:
+        try:
+            serializer.save()
+        except RemoteError as exc:
+            raise RemoteUnavailable(str(exc)) from exc
+
+    @extend_schema(
+        request=ConfirmHostKeySerializer,
+        responses={200: ServerSerializer, 400: OpenApiResponse(description="The fingerprint does not match.")},
+    )
+    @action(detail=True, methods=["post"], url_path="confirm-host-key")
+    def confirm_host_key(self, request: Request, pk: str | None = None) -> Response:
+        """Pin the host key after a person compared its fingerprint out of band."""
+        server = self.get_object()
+        body = ConfirmHostKeySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            services.confirm_host_key(server=server, actor=request.user, fingerprint=body.validated_data["fingerprint"])
+        except JobFailed as exc:
+            raise serializers.ValidationError({"fingerprint": [str(exc)]}) from exc
+        return Response(self.get_serializer(server).data)
+
+    @extend_schema(
+        request=None,
+        responses={202: JobStartedSerializer, 409: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def validate(self, request: Request, pk: str | None = None) -> Response:
+        """Queue a validation job (one at a time per server; 409 names the job already queued or running)."""
+        server = self.get_object()
+        if not server.host_key_pinned:
+            raise Conflict("Confirm the server's host key fingerprint before validating it.")
+        try:
+            job = services.start_validation(server=server, actor=request.user)
+        except TargetBusy as exc:
+            return Response(
+                {"detail": str(exc), "job": exc.job.pk if exc.job else None}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
+
+
+@extend_schema_view(destroy=extend_schema(responses={204: None, 409: DetailSerializer}))
+class ProjectViewSet(ScopedModelViewSet):
+    """Doodba projects. Customers read id, name, organization and Odoo version; staff read everything but keys."""
+
+    model = Project
+    audit_name = "project"
+    serializer_class = ProjectSerializer
+
+    def active_jobs(self, instance: Project) -> models.QuerySet[Job]:
+        return Job.objects.filter(environment__project=instance)
+
+
+@extend_schema_view(destroy=extend_schema(responses={204: None, 409: DetailSerializer}))
+class EnvironmentViewSet(ScopedModelViewSet):
+    """Environments of projects. Customers read id, name, kind, domain and project; staff all but secret values."""
+
+    model = Environment
+    audit_name = "environment"
+    serializer_class = EnvironmentSerializer
+
+    def base_queryset(self) -> models.QuerySet[Environment]:
+        return Environment.objects.select_related("project")
+
+    def active_jobs(self, instance: Environment) -> models.QuerySet[Job]:
+        return Job.objects.filter(environment=instance)
