@@ -154,10 +154,7 @@ def main() -> None:
     while True:
         for child in children:
             if child.poll() is not None:
-                print(
-                    f"A panel process exited ({child.args[2] if len(child.args) > 2 else child.args}); stopping.",
-                    file=sys.stderr,
-                )
+                print(f"A panel process exited ({child.args!r}); stopping.", file=sys.stderr)
                 stop()
         time.sleep(1)
 

@@ -10,7 +10,7 @@ import pytest
 
 from panel.remote import CommandTimeout, HostKeyMismatch, run, run_capture
 from panel.remote.docker import docker_client
-from panel.remote.ssh import POOL, exec_channel, fetch_host_key, get_connection
+from panel.remote.ssh import POOL, exec_channel, get_connection
 from tests.lab_helpers import lab_target
 
 pytestmark = pytest.mark.lab

@@ -21,7 +21,8 @@ def current_organization(request: HttpRequest) -> Organization | None:
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     visible = for_user(Organization, request.user, Action.VIEW)
-    chosen = visible.filter(pk=request.session.get(SESSION_KEY)).first() or visible.first()
+    chosen_id = request.session.get(SESSION_KEY)
+    chosen = (visible.filter(pk=int(chosen_id)).first() if chosen_id else None) or visible.first()
     request._panel_current_org = chosen  # type: ignore[attr-defined]
     return chosen
 

@@ -59,7 +59,7 @@ def for_user(model_or_queryset: type[M] | QuerySet[M], user: Any, action: str = 
     else:
         queryset = model_or_queryset._default_manager.all()
     model = queryset.model
-    path: str = model.scope_organization
+    path: str = model.scope_organization  # type: ignore[attr-defined]
     action = strongest_action(action, getattr(model, "scope_min_action", Action.VIEW))
     ids = organization_ids(user, action)
     if model is Organization:

@@ -51,7 +51,7 @@ def record(
         actor=actor,
         actor_name=actor_name or (actor.get_username() if actor is not None else ""),
         action=action,
-        object_type=obj._meta.model_name if obj is not None else "",
+        object_type=(obj._meta.model_name or "") if obj is not None else "",
         object_id=str(obj.pk) if obj is not None else "",
         object_repr=str(obj)[:200] if obj is not None else "",
         is_security=security,

@@ -22,4 +22,3 @@ class EnvironmentKind(models.TextChoices):
 
 
 ODOO_VERSIONS = ["11.0", "12.0", "13.0", "14.0", "15.0", "16.0", "17.0", "18.0", "19.0"]
-OdooVersion = models.TextChoices("OdooVersion", [(v.replace(".", "_"), v) for v in ODOO_VERSIONS])  # type: ignore[misc]

@@ -44,7 +44,9 @@ class PinnedSSHAdapter(BaseHTTPAdapter):  # type: ignore[misc]
         self.target = target
         self.timeout = timeout
         self.max_pool_size = max_pool_size
-        self.pools = RecentlyUsedContainer(4, dispose_func=lambda pool: pool.close())
+        self.pools: RecentlyUsedContainer[Any, SSHConnectionPool] = RecentlyUsedContainer(
+            4, dispose_func=lambda pool: pool.close()
+        )
         super().__init__()
 
     def get_connection(self, url: Any, proxies: Any = None) -> SSHConnectionPool:
