@@ -1,0 +1,1 @@
+{"name": "Web", "version": "1.0", "depends": ["base"], "installable": True, "auto_install": True}

@@ -1,0 +1,1 @@
+"""Odoo 16.0 stand-in for the lab (answers like Odoo; not Odoo)."""
