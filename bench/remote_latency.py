@@ -48,7 +48,7 @@ def main() -> None:
     control = Path(tempfile.mkdtemp()) / "cm.sock"
     base = host.ssh_argv("true")[:-3]  # everything up to the host/--/command
     master = [
-        *base[:-1],
+        *base,
         "-o",
         "ControlMaster=yes",
         "-o",
@@ -64,12 +64,12 @@ def main() -> None:
     for _ in range(args.calls):
         started = time.perf_counter()
         subprocess.run(
-            [*base[:-1], "-o", f"ControlPath={control}", host.address, "--", " ".join(command)],
+            [*base, "-o", f"ControlPath={control}", host.address, "--", " ".join(command)],
             check=True,
             capture_output=True,
         )
         openssh.append(time.perf_counter() - started)
-    subprocess.run([*base[:-1], "-o", f"ControlPath={control}", "-O", "exit", host.address], capture_output=True)
+    subprocess.run([*base, "-o", f"ControlPath={control}", "-O", "exit", host.address], capture_output=True)
 
     # The panel: pinned paramiko connection, one channel per call.
     POOL.close_all()

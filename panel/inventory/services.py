@@ -29,7 +29,6 @@ from panel.remote.docker import docker_client
 from panel.remote.ssh import public_line_of
 
 
-@transaction.atomic
 def create_server(
     *,
     organization: Organization,
@@ -66,8 +65,10 @@ def create_server(
         labels=labels or [],
     )
     server.full_clean()
-    server.save()
-    record(action="server.created", actor=actor, obj=server, detail={"fingerprint": host_key.fingerprint})
+    # The host key was read before the transaction: no database transaction stays open during SSH timeouts.
+    with transaction.atomic():
+        server.save()
+        record(action="server.created", actor=actor, obj=server, detail={"fingerprint": host_key.fingerprint})
     return server
 
 

@@ -376,21 +376,17 @@ def run(
         channel.shutdown_write()
         started = last_output = time.monotonic()
         while True:
-            got = False
-            while channel.recv_ready():
+            if channel.recv_ready():
                 out.feed(channel.recv(READ_CHUNK))
-                got = True
-            while channel.recv_stderr_ready():
+                last_output = time.monotonic()
+                continue
+            if channel.recv_stderr_ready():
                 err.feed(channel.recv_stderr(READ_CHUNK))
-                got = True
-            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                break
-            if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+                last_output = time.monotonic()
+                continue
+            if channel.eof_received or channel.closed:
                 break
             now = time.monotonic()
-            if got:
-                last_output = now
-                continue
             if now - started > timeout:
                 raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g} s on {target.label}.")
             if now - last_output > idle_timeout:
@@ -400,6 +396,15 @@ def run(
             if should_stop is not None and should_stop():
                 raise CommandTimeout(f"{argv[0]} was stopped on request.")
             select.select([channel], [], [], 0.5)
+        # Data that arrived between the last check and EOF is still buffered: take it.
+        while channel.recv_ready():
+            out.feed(channel.recv(READ_CHUNK))
+        while channel.recv_stderr_ready():
+            err.feed(channel.recv_stderr(READ_CHUNK))
+        # After EOF the exit status follows at once; wait for it within what is left of the timeout.
+        remaining = max(1.0, timeout - (time.monotonic() - started))
+        if not channel.status_event.wait(remaining):
+            raise CommandTimeout(f"{argv[0]} did not report an exit status on {target.label}.")
         out.close()
         err.close()
         return channel.recv_exit_status()

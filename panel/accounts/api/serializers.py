@@ -36,7 +36,7 @@ def api_validation_error(exc: DjangoValidationError) -> exceptions.ValidationErr
     return exceptions.ValidationError({"non_field_errors": exc.messages})
 
 
-def request_user(serializer: serializers.BaseSerializer[Any]) -> Any:
+def request_user(serializer: serializers.Field[Any, Any, Any, Any]) -> Any:
     """The user making the request the serializer works for (None outside a request, e.g. schema generation)."""
     request = serializer.context.get("request")
     return getattr(request, "user", None)

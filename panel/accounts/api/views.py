@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from django.db import models
+from django.db import models, transaction
 from django.db.models import ProtectedError
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
@@ -74,9 +74,10 @@ class ScopedModelViewSet(viewsets.ModelViewSet):  # type: ignore[type-arg]
         busy = self.active_jobs(instance).filter(status__in=ACTIVE_STATES).first()
         if busy is not None:
             raise Conflict(f"Job #{busy.pk} is queued or running on it; wait for it to end or cancel it.")
-        record(action=f"{self.audit_name}.deleted", actor=self.request.user, obj=instance, request=self.request)
         try:
-            instance.delete()
+            with transaction.atomic():
+                record(action=f"{self.audit_name}.deleted", actor=self.request.user, obj=instance, request=self.request)
+                instance.delete()
         except ProtectedError as exc:
             names = sorted({str(obj) for obj in exc.protected_objects})[:10]
             raise Conflict(f"It is still used by: {', '.join(names)}.") from exc
@@ -111,7 +112,7 @@ class ApiTokenViewSet(
     def get_queryset(self) -> models.QuerySet[ApiToken]:
         if getattr(self, "swagger_fake_view", False):
             return ApiToken.objects.none()
-        return ApiToken.objects.filter(user=self.request.user)
+        return ApiToken.objects.filter(user_id=self.request.user.pk or 0)  # IsAuthenticated: pk is set
 
     def get_serializer_class(self) -> type[BaseSerializer[Any]]:
         if self.action == "create":

@@ -33,7 +33,7 @@ MAX_KEY_CHARS = 16_384
 MAX_LABELS = 20
 
 
-def validate_private_key(value: str) -> str:
+def validate_private_key(value: str) -> None:
     """An unencrypted OpenSSH/PEM private key the panel can load (the error never echoes the key)."""
     if len(value) > MAX_KEY_CHARS:
         raise serializers.ValidationError("This key is too long.")
@@ -43,7 +43,6 @@ def validate_private_key(value: str) -> str:
         raise serializers.ValidationError(
             "Paste an unencrypted OpenSSH private key (Ed25519, ECDSA or RSA), or leave it empty to generate one."
         ) from exc
-    return value
 
 
 def key_field(help_text: str) -> serializers.CharField:
@@ -140,6 +139,7 @@ class ServerSerializer(PanelModelSerializer):
         return attrs
 
     def create(self, validated_data: dict[str, Any]) -> Server:
+        validated_data.setdefault("port", Server._meta.get_field("port").default)
         try:
             return services.create_server(actor=request_user(self), **validated_data)
         except DjangoValidationError as exc:
@@ -271,6 +271,8 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
         read_only_fields = ["created_at"]
         extra_kwargs = {"compose_project": {"required": False}, "compose_files": {"required": False}}
         create_only = ["project", "server", "compose_project"]
+        # Uniqueness is checked by full_clean in the service, once compose_project has its default.
+        validators: list[Any] = []
 
     def organization_id_of(self, instance: Environment) -> int:
         return int(instance.project.organization_id)

@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from panel.accounts.api.serializers import CustomerViewMixin
-from panel.jobs.choices import LogStream
+from panel.jobs.choices import JobStatus, LogStream
 from panel.jobs.models import Job
 
 
@@ -16,7 +16,7 @@ class JobSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type: ig
 
     customer_fields = ("id", "kind", "status", "created_at", "started_at", "finished_at")
 
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
@@ -88,7 +88,7 @@ class JobFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
     server = serializers.IntegerField(min_value=1, required=False)
     environment = serializers.IntegerField(min_value=1, required=False)
-    status = serializers.ChoiceField(choices=Job._meta.get_field("status").choices, required=False)
+    status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
 
     def filters(self) -> dict[str, Any]:
         """ORM lookups for the validated parameters."""
