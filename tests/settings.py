@@ -33,3 +33,5 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# WhiteNoise warns when STATIC_ROOT is missing; tests serve static files through the finders instead.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,10 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 def switch_organization(request: HttpRequest) -> HttpResponse:
     """Remember the organization chosen in the switcher (only one the user belongs to, directly or as staff)."""
-    organization = for_user(Organization, request.user, Action.VIEW).filter(pk=request.POST.get("organization")).first()
+    chosen = request.POST.get("organization", "")
+    organization = (
+        for_user(Organization, request.user, Action.VIEW).filter(pk=chosen).first() if chosen.isdigit() else None
+    )
     if organization is None:
         raise Http404("Not found.")
     request.session[SESSION_KEY] = organization.pk
@@ -100,7 +103,7 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
             form = ApiTokenForm()
     else:
         form = ApiTokenForm()
-    tokens = ApiToken.objects.filter(user=request.user)
+    tokens = ApiToken.objects.filter(user_id=int(request.user.pk or 0))
     return render(request, "accounts/tokens.html", {"form": form, "tokens": tokens, "plain_token": plain_token})
 
 
@@ -108,7 +111,7 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
 @login_required
 def revoke_api_token(request: HttpRequest, token_id: int) -> HttpResponse:
     """Revoke one of the user's own tokens (another user's token id answers 404)."""
-    token = get_object_or_404(ApiToken, pk=token_id, user=request.user, revoked_at__isnull=True)
+    token = get_object_or_404(ApiToken, pk=token_id, user_id=int(request.user.pk or 0), revoked_at__isnull=True)
     revoke_token(token=token, actor=request.user)
     messages.success(request, f"Token “{token.name}” revoked.")
     return redirect("api_tokens")

@@ -24,7 +24,7 @@ class WriteOnlyTextarea(forms.Textarea):
         return None
 
 
-def apply_validation_error(form: forms.Form, error: ValidationError) -> None:
+def apply_validation_error(form: forms.BaseForm, error: ValidationError) -> None:
     """Show a model ``ValidationError`` on the form: on its field when the form has it, else above the form."""
     if hasattr(error, "error_dict"):
         for field, errors in error.error_dict.items():
@@ -184,7 +184,15 @@ class EnvironmentForm(forms.ModelForm):
             "memory_limit",
             "backup_keep_daily",
         ]
-        labels = {"git_ref": "Git branch, tag or commit"}
+        labels = {
+            "git_ref": "Git branch, tag or commit",
+            "cpu_limit": "CPU limit",
+            "backup_keep_daily": "Daily backups kept",
+        }
+        help_texts = {
+            "cpu_limit": "Such as 1.5; blank for no limit.",
+            "memory_limit": "Such as 4g; blank for no limit.",
+        }
 
     def __init__(self, *args: Any, servers: QuerySet[Server], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -225,7 +233,7 @@ class EnvironmentForm(forms.ModelForm):
         return parse_variables(self.cleaned_data["secrets_text"], "Secret variables")
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         both = set(cleaned.get("env_vars_text") or {}) & set(cleaned.get("secrets_text") or {})
         if both:
             raise ValidationError(f"Set {', '.join(sorted(both))} either as a variable or as a secret, not both.")

@@ -7,6 +7,5 @@ from panel.jobs import views
 urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
-    path("jobs/<int:job_id>/lines/", views.job_lines, name="job_lines"),
     path("jobs/<int:job_id>/log.txt", views.job_log_download, name="job_log_download"),
 ]

@@ -1,4 +1,5 @@
-"""HTML views of jobs: the list, one job with its live log, the log as a download, and a catch-up endpoint.
+"""HTML views of jobs: the list, one job with its live log (catching up through ``/api/v1/jobs/<id>/lines/``), and
+the log as a download.
 
 Jobs are seen with ``Action.VIEW_DETAILS``: logs mention hosts and commands, so customers never reach them.
 """
@@ -10,16 +11,14 @@ from collections.abc import Iterator
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
-from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user, get_for_user
 from panel.jobs.choices import JobStatus
 from panel.jobs.models import Job, JobLogLine
-from panel.jobs.services import serialize_line
 
 JOBS_PAGE_SIZE = 50
 
@@ -50,30 +49,6 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     )
     steps = job.result.get("steps", []) if isinstance(job.result, dict) else []
     return render(request, "jobs/job_detail.html", {"job": job, "steps": steps})
-
-
-@never_cache
-@require_GET
-@login_required
-def job_lines(request: HttpRequest, job_id: int) -> JsonResponse:
-    """Log lines after ``after`` (a page at a time) with the job's status, for the live log to catch up."""
-    job = get_for_user(Job, request.user, Action.VIEW_DETAILS, pk=job_id)
-    try:
-        after = max(0, int(request.GET.get("after", "0")))
-    except ValueError:
-        after = 0
-    size = settings.JOB_LOG_PAGE_SIZE
-    rows = list(JobLogLine.objects.filter(job=job, seq__gt=after).order_by("seq")[: size + 1])
-    more = len(rows) > size
-    lines = [serialize_line(row) for row in rows[:size]]
-    return JsonResponse(
-        {
-            "lines": lines,
-            "last_seq": lines[-1]["seq"] if lines else after,
-            "status": job.status,
-            "more": more,
-        }
-    )
 
 
 @require_GET
