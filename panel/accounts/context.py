@@ -22,7 +22,11 @@ def current_organization(request: HttpRequest) -> Organization | None:
         return cached  # type: ignore[no-any-return]
     visible = for_user(Organization, request.user, Action.VIEW)
     chosen_id = request.session.get(SESSION_KEY)
-    chosen = (visible.filter(pk=int(chosen_id)).first() if chosen_id else None) or visible.first()
+    chosen = visible.filter(pk=int(chosen_id)).first() if chosen_id else None
+    if chosen is None:
+        # Start where the user is a direct member (a provider's staff start in the provider, not in a customer).
+        direct = visible.filter(memberships__user=request.user).order_by("memberships__created_at", "pk")
+        chosen = direct.first() or visible.first()
     request._panel_current_org = chosen  # type: ignore[attr-defined]
     return chosen
 

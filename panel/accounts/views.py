@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView, LogoutView
 from django.core.paginator import Paginator
 from django.db.models import Q
@@ -16,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from panel.accounts.choices import Action
 from panel.accounts.context import SESSION_KEY, current_organization
 from panel.accounts.forms import ApiTokenForm, LockoutAuthenticationForm
-from panel.accounts.models import ApiToken, AuditEvent, Organization
+from panel.accounts.models import ApiToken, AuditEvent, Membership, Organization
 from panel.accounts.scoping import for_user, organization_ids, role_in
 from panel.accounts.services import create_token, revoke_token
 
@@ -29,6 +30,14 @@ class PanelLoginView(LoginView):
     form_class = LockoutAuthenticationForm
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+
+    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
+        """Log in, then start in an organization the user is a direct member of (not a managed customer's)."""
+        response = super().form_valid(form)
+        membership = Membership.objects.filter(user=form.get_user()).order_by("organization__name").first()
+        if membership is not None:
+            self.request.session[SESSION_KEY] = membership.organization_id
+        return response
 
 
 class PanelLogoutView(LogoutView):

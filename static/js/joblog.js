@@ -1,0 +1,292 @@
+/* Live job log.
+ *
+ * For each element marked [data-joblog]: fetch the stored lines after the last seen seq (paging while the server
+ * says there are more), then open the job's websocket from that seq and append live lines. Lines are de-duplicated
+ * by seq. A dropped socket reconnects with backoff, catching up over HTTP first. Status frames update every
+ * [data-job-status] badge of the job; when a running job ends, a "joblog-finished" event fires on <body> (htmx
+ * reloads the parts of the page that depend on the result).
+ *
+ * Log text is untrusted: it is only ever inserted with textContent, never as HTML. ANSI colours (SGR 0, 1, 22,
+ * 30-37, 39, 90-97) become spans with classes; other escape sequences are dropped.
+ */
+(function () {
+  "use strict";
+
+  var TERMINAL = ["succeeded", "failed", "canceled", "interrupted"];
+  var COLOURS = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
+  var CLOSE_NOT_ALLOWED = [4401, 4403, 4404];
+  var MAX_DELAY = 30000;
+  // CSI sequences (colours, cursor movement), OSC sequences (titles) and lone escapes.
+  var ESCAPES = /\x1b\[([0-9;?]*)([A-Za-z])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?/g;
+
+  function isTerminal(status) {
+    return TERMINAL.indexOf(status) !== -1;
+  }
+
+  function JobLog(root) {
+    this.root = root;
+    this.jobId = root.dataset.jobId;
+    this.output = root.querySelector("[data-joblog-output]");
+    this.connection = root.querySelector("[data-joblog-connection]");
+    this.linesUrl = root.dataset.linesUrl;
+    this.wsPath = root.dataset.wsPath;
+    this.status = root.dataset.status;
+    this.lastSeq = 0;
+    this.delay = 1000;
+    this.socket = null;
+    this.ansi = { colour: null, bold: false };
+  }
+
+  JobLog.prototype.start = function () {
+    var self = this;
+    this.catchUp()
+      .then(function () {
+        if (!isTerminal(self.status)) {
+          self.connect();
+        } else {
+          self.showConnection("");
+        }
+      })
+      .catch(function () {
+        self.retry();
+      });
+  };
+
+  JobLog.prototype.catchUp = function () {
+    var self = this;
+    var url = this.linesUrl + "?after=" + encodeURIComponent(String(this.lastSeq));
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error("HTTP " + response.status);
+        }
+        return response.json();
+      })
+      .then(function (data) {
+        self.append(data.lines || []);
+        if (data.status) {
+          self.setStatus(data.status, null);
+        }
+        if (data.more) {
+          return self.catchUp();
+        }
+        return null;
+      });
+  };
+
+  JobLog.prototype.connect = function () {
+    var self = this;
+    var scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+    var url = scheme + "//" + window.location.host + this.wsPath + "?after=" + encodeURIComponent(String(this.lastSeq));
+    var socket = new WebSocket(url);
+    this.socket = socket;
+    socket.addEventListener("open", function () {
+      self.delay = 1000;
+      self.showConnection("live");
+    });
+    socket.addEventListener("message", function (event) {
+      var frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch (error) {
+        return;
+      }
+      if (frame.type === "lines") {
+        self.append(frame.lines || []);
+      } else if (frame.type === "status") {
+        self.setStatus(frame.status, frame.reason);
+      }
+    });
+    socket.addEventListener("close", function (event) {
+      if (self.socket !== socket) {
+        return;
+      }
+      self.socket = null;
+      if (isTerminal(self.status)) {
+        self.showConnection("");
+      } else if (CLOSE_NOT_ALLOWED.indexOf(event.code) !== -1) {
+        self.showConnection("not allowed to follow this job");
+      } else {
+        self.retry();
+      }
+    });
+  };
+
+  JobLog.prototype.retry = function () {
+    var self = this;
+    var wait = this.delay;
+    this.delay = Math.min(this.delay * 2, MAX_DELAY);
+    this.showConnection("reconnecting in " + Math.round(wait / 1000) + " s");
+    window.setTimeout(function () {
+      self.catchUp()
+        .then(function () {
+          if (!isTerminal(self.status)) {
+            self.connect();
+          }
+        })
+        .catch(function () {
+          self.retry();
+        });
+    }, wait);
+  };
+
+  JobLog.prototype.showConnection = function (text) {
+    if (this.connection) {
+      this.connection.textContent = text;
+    }
+  };
+
+  JobLog.prototype.setStatus = function (status, reason) {
+    var previous = this.status;
+    this.status = status;
+    this.root.dataset.status = status;
+    document.querySelectorAll('[data-job-status="' + CSS.escape(this.jobId) + '"]').forEach(function (badge) {
+      badge.textContent = status;
+      badge.className = "badge badge-" + status;
+    });
+    if (reason) {
+      document.querySelectorAll('[data-job-reason="' + CSS.escape(this.jobId) + '"]').forEach(function (node) {
+        node.textContent = reason;
+        var row = node.closest("[data-reason-row]");
+        if (row) {
+          row.hidden = false;
+        }
+      });
+    }
+    if (isTerminal(status) && !isTerminal(previous)) {
+      if (this.socket) {
+        this.socket.close(1000);
+      }
+      document.body.dispatchEvent(new CustomEvent("joblog-finished", { detail: { job: this.jobId, status: status } }));
+    }
+  };
+
+  JobLog.prototype.append = function (lines) {
+    if (!lines.length) {
+      return;
+    }
+    var output = this.output;
+    var follow = output.scrollHeight - output.scrollTop - output.clientHeight < 40;
+    var fragment = document.createDocumentFragment();
+    for (var i = 0; i < lines.length; i++) {
+      var line = lines[i];
+      if (typeof line.seq !== "number" || line.seq <= this.lastSeq) {
+        continue;
+      }
+      this.lastSeq = line.seq;
+      fragment.appendChild(this.renderLine(line));
+    }
+    if (!fragment.childNodes.length) {
+      return;
+    }
+    var placeholder = output.querySelector(".empty");
+    if (placeholder) {
+      placeholder.remove();
+    }
+    output.appendChild(fragment);
+    this.root.dataset.lastSeq = String(this.lastSeq);
+    if (follow) {
+      output.scrollTop = output.scrollHeight;
+    }
+  };
+
+  JobLog.prototype.renderLine = function (line) {
+    var row = document.createElement("span");
+    row.className = "line stream-" + String(line.stream || "out").replace(/[^a-z]/g, "");
+    row.dataset.seq = String(line.seq);
+    var ts = document.createElement("span");
+    ts.className = "ts";
+    ts.textContent = formatTime(line.ts);
+    row.appendChild(ts);
+    var text = document.createElement("span");
+    text.className = "text";
+    this.renderAnsi(String(line.text || ""), text);
+    row.appendChild(text);
+    return row;
+  };
+
+  JobLog.prototype.renderAnsi = function (raw, parent) {
+    var state = this.ansi;
+    var position = 0;
+    var match;
+    ESCAPES.lastIndex = 0;
+    while ((match = ESCAPES.exec(raw)) !== null) {
+      appendSegment(parent, raw.slice(position, match.index), state);
+      position = ESCAPES.lastIndex;
+      if (match[2] === "m") {
+        applySgr(state, match[1]);
+      }
+    }
+    appendSegment(parent, raw.slice(position), state);
+  };
+
+  function applySgr(state, params) {
+    var codes = params === "" ? [0] : params.split(";").map(Number);
+    for (var i = 0; i < codes.length; i++) {
+      var code = codes[i];
+      if (code === 0) {
+        state.colour = null;
+        state.bold = false;
+      } else if (code === 1) {
+        state.bold = true;
+      } else if (code === 22) {
+        state.bold = false;
+      } else if (code === 39) {
+        state.colour = null;
+      } else if (code >= 30 && code <= 37) {
+        state.colour = "ansi-" + COLOURS[code - 30];
+      } else if (code >= 90 && code <= 97) {
+        state.colour = "ansi-bright-" + COLOURS[code - 90];
+      } else if (code === 38 || code === 48) {
+        // 256-colour and RGB forms carry their own arguments: skip them, keep the current colour.
+        i += codes[i + 1] === 5 ? 2 : codes[i + 1] === 2 ? 4 : 0;
+      }
+    }
+  }
+
+  function appendSegment(parent, text, state) {
+    if (!text) {
+      return;
+    }
+    if (!state.colour && !state.bold) {
+      parent.appendChild(document.createTextNode(text));
+      return;
+    }
+    var span = document.createElement("span");
+    var classes = [];
+    if (state.colour) {
+      classes.push(state.colour);
+    }
+    if (state.bold) {
+      classes.push("ansi-bold");
+    }
+    span.className = classes.join(" ");
+    span.textContent = text;
+    parent.appendChild(span);
+  }
+
+  function formatTime(iso) {
+    var date = new Date(iso);
+    if (isNaN(date.getTime())) {
+      return "";
+    }
+    return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  }
+
+  function startAll() {
+    document.querySelectorAll("[data-joblog]").forEach(function (root) {
+      if (!root.dataset.joblogStarted) {
+        root.dataset.joblogStarted = "1";
+        new JobLog(root).start();
+      }
+    });
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", startAll);
+  } else {
+    startAll();
+  }
+  // Expose the ANSI renderer for tests in the browser.
+  window.PanelJobLog = { renderAnsi: function (raw, parent) { JobLog.prototype.renderAnsi.call({ ansi: { colour: null, bold: false } }, raw, parent); } };
+})();
