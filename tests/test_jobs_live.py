@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import websockets
+from django.db import connection
 from django.test import Client
 
 from panel.jobs.choices import JobStatus
@@ -47,6 +48,14 @@ async def read_until(socket: Any, stop: Any, timeout: float = 30) -> list[dict[s
         if stop(frame, frames):
             return frames
     raise AssertionError("timed out")
+
+
+def status_of(job_id: int) -> str:
+    """Read a job's status from another thread, closing that thread's connection afterwards."""
+    try:
+        return Job.objects.get(pk=job_id).status
+    finally:
+        connection.close()
 
 
 def lines_of(frames: list[dict[str, Any]]) -> list[int]:
@@ -107,7 +116,7 @@ def test_it_pushes_lines_live_while_the_job_runs(
     async def first_line_while_running() -> str:
         async with websockets.connect(ws_url(live_server_url, job.pk), additional_headers=headers) as socket:
             await read_until(socket, lambda f, fs: f["type"] == "lines")
-            return await asyncio.to_thread(lambda: Job.objects.get(pk=job.pk).status)
+            return await asyncio.to_thread(status_of, job.pk)
 
     assert asyncio.run(first_line_while_running()) == JobStatus.RUNNING
     wait_status(job, (JobStatus.SUCCEEDED,))
