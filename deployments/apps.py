@@ -6,3 +6,7 @@ class DeploymentsConfig(AppConfig):
 
     name = "deployments"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registers the deploy and rollback job handlers.
+        from deployments import services  # noqa: F401

@@ -141,3 +141,20 @@ def validate_compose_files(value: object) -> None:
         return
     for item in value:
         validate_compose_file(str(item))
+
+
+KNOWN_HOSTS_LINE_RE = re.compile(
+    r"(@cert-authority |@revoked )?[A-Za-z0-9.,:\[\]*?!-]{1,500} "
+    r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) "
+    r"[A-Za-z0-9+/=]{20,2000}( [^\x00-\x1f]{0,200})?"
+)
+
+
+def validate_known_hosts(value: str) -> None:
+    """known_hosts lines (``host key-type base64 [comment]``), e.g. from ``ssh-keyscan``; '#' comments allowed."""
+    for number, line in enumerate(value.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not KNOWN_HOSTS_LINE_RE.fullmatch(line):
+            _fail(f"Line {number} is not a known_hosts line (host key-type base64-key).")

@@ -20,6 +20,8 @@ TEST_ENV = {
     "SSH_BANNER_TIMEOUT": "3",
     "SSH_AUTH_TIMEOUT": "5",
     "LOGIN_LOCKOUT_ATTEMPTS": "5",
+    "DEPLOY_HEALTH_TIMEOUT": "30",
+    "DEPLOY_HEALTH_INTERVAL": "1",
     "CELERY_IMPORTS": "tests.job_handlers",
 }
 for _name, _value in TEST_ENV.items():

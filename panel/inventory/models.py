@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from django.conf import settings
@@ -20,11 +21,23 @@ from panel.validators import (
     validate_git_ref,
     validate_git_url,
     validate_host,
+    validate_known_hosts,
     validate_name,
     validate_port,
     validate_slug,
     validate_unix_user,
 )
+
+
+def new_webhook_id() -> str:
+    """The unguessable part of a project's webhook URL."""
+    return secrets.token_hex(16)
+
+
+def new_webhook_secret() -> str:
+    """The shared secret a git host signs webhooks with."""
+    return secrets.token_urlsafe(32)
+
 
 validate_memory = RegexValidator(r"^[1-9][0-9]{0,5}[mMgG]$", "Enter a memory limit such as 512m or 4g.")
 validate_cpus = RegexValidator(r"^(?:[1-9][0-9]?|0)(?:\.[0-9]{1,2})?$", "Enter a CPU limit such as 1.5.")
@@ -86,6 +99,13 @@ class Project(models.Model):
     odoo_version = models.CharField(max_length=8, default="16.0", choices=[(v, v) for v in ODOO_VERSIONS])
     deploy_key = EncryptedTextField(blank=True, help_text="Private key the server uses to fetch the repository.")
     deploy_public_key = models.TextField(blank=True)
+    git_known_hosts = models.TextField(
+        blank=True,
+        validators=[validate_known_hosts],
+        help_text="known_hosts lines of the git server (for ssh:// and user@host: URLs); host keys are checked.",
+    )
+    webhook_id = models.CharField(max_length=32, unique=True, default=new_webhook_id, editable=False)
+    webhook_secret = EncryptedTextField(default=new_webhook_secret, help_text="GitHub secret / GitLab token.")
     created_at = models.DateTimeField(default=timezone.now)
 
     scope_organization = "organization"
@@ -116,6 +136,13 @@ class Environment(models.Model):
     cpu_limit = models.CharField(max_length=8, blank=True, validators=[validate_cpus])
     memory_limit = models.CharField(max_length=8, blank=True, validators=[validate_memory])
     backup_keep_daily = models.PositiveSmallIntegerField(default=7, validators=[MinValueValidator(1)])
+    auto_deploy = models.BooleanField(
+        default=False, help_text="Deploy when a git push to this environment's branch arrives (webhook)."
+    )
+    current_deployment = models.ForeignKey(
+        "deployments.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    degraded = models.BooleanField(default=False, help_text="A deploy failed and so did its rollback.")
     created_at = models.DateTimeField(default=timezone.now)
 
     scope_organization = "project__organization"

@@ -4,7 +4,8 @@ Protocol: connect to ``/ws/jobs/<id>/?after=<seq>``. The socket must carry a ses
 job's details and come from an allowed Origin (checked in ``panel.asgi``), otherwise it is closed before any data.
 The server joins the job's group first, then sends every stored line after ``after``, then live lines; any gap
 (a dropped channel message) is filled from the database, and a line is never sent twice on one socket.
-Frames: ``{"type": "lines", "lines": [{"seq", "ts", "stream", "text"}]}`` and
+Frames: ``{"type": "lines", "lines": [{"seq", "ts", "stream", "text"}]}``,
+``{"type": "steps", "steps": [{"name", "status", "seconds", "first_seq", "last_seq"}]}`` while steps change, and
 ``{"type": "status", "status", "reason", "finished_at"}``.
 """
 
@@ -70,6 +71,9 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             return
         self.last_sent = lines[-1]["seq"]
         await self.send_json({"type": "lines", "lines": lines})
+
+    async def job_steps(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "steps", "steps": event["steps"]})
 
     async def job_status(self, event: dict[str, Any]) -> None:
         await self._catch_up()

@@ -65,9 +65,11 @@ class JobContext:
 
         self.check_cancel()
         self.write(f"▶ {name}")
+        self.log.flush()
         started = time.monotonic()
-        record: dict[str, Any] = {"name": name, "status": "running"}
+        record: dict[str, Any] = {"name": name, "status": "running", "first_seq": self._next_seq()}
         self.steps.append(record)
+        services.publish_steps(self.job.pk, self.steps)
         try:
             yield
         except BaseException:
@@ -77,6 +79,12 @@ class JobContext:
             record["status"] = "succeeded"
         finally:
             record["seconds"] = round(time.monotonic() - started, 3)
+            self.log.flush()
+            record["last_seq"] = self._next_seq() - 1
+            services.publish_steps(self.job.pk, self.steps)
+
+    def _next_seq(self) -> int:
+        return int(Job.objects.filter(pk=self.job.pk).values_list("last_seq", flat=True)[0]) + 1
 
 
 def execute(job_id: int) -> None:

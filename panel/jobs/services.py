@@ -170,6 +170,13 @@ def publish_status(job: Job) -> None:
     transaction.on_commit(lambda: _send(job.pk, payload))
 
 
+def publish_steps(job_id: int, steps: list[dict[str, Any]]) -> None:
+    """Store a running job's steps (name, state, duration, log range) and tell live viewers."""
+    snapshot = [dict(step) for step in steps]
+    Job.objects.filter(pk=job_id).update(result={"steps": snapshot})
+    _send(job_id, {"type": "job.steps", "steps": snapshot})
+
+
 def append_lines(job_id: int, lines: Iterable[tuple[str, str]]) -> list[JobLogLine]:
     """Store lines with the next sequence numbers (row lock on the job) and push them after commit."""
     lines = list(lines)
@@ -204,6 +211,7 @@ class JobLog:
         self.job_id = job_id
         self.pending: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        self.write_lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"job-{job_id}-log", daemon=True)
@@ -232,11 +240,12 @@ class JobLog:
         self.write(line, LogStream.STDERR if stream == "err" else LogStream.STDOUT)
 
     def flush(self) -> None:
-        """Write what is buffered now."""
-        with self.lock:
-            batch, self.pending = self.pending, []
-        if batch:
-            append_lines(self.job_id, batch)
+        """Write what is buffered now (one writer at a time keeps sequence numbers in order)."""
+        with self.write_lock:
+            with self.lock:
+                batch, self.pending = self.pending, []
+            if batch:
+                append_lines(self.job_id, batch)
 
     def _loop(self) -> None:
         from django.db import connection

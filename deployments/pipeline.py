@@ -1,0 +1,348 @@
+"""The deploy pipeline: what runs on the server, step by step, for a deploy, a promotion or a rollback.
+
+Layout on the server, relative to the SSH user's home (``DEPLOY_ROOT``)::
+
+    doodba-panel/<compose project>/src/                          the project's git checkout (detached at the commit)
+    doodba-panel/<compose project>/src/.docker/*.env             secrets, mode 0600, written at each deploy
+    doodba-panel/<compose project>/src/docker-compose.panel.yaml the panel-managed compose override
+    doodba-panel/<compose project>/.panel/                       deploy key and known_hosts while fetching
+
+Every command is an argv list run through ``panel.remote`` (``shlex.join`` on the way to the remote shell); the
+only shell scripts are constant strings that take their variable parts as positional arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from panel.inventory.models import Environment, Project
+from panel.jobs.runner import JobContext, JobFailed
+from panel.remote import CommandResult, RemoteError, Target, run, run_capture
+from panel.remote.docker import docker_client
+
+OVERRIDE_FILE = "docker-compose.panel.yaml"
+ENV_FILES = ("odoo.env", "db-access.env", "db-creation.env", "smtp.env", "backup.env")
+SECRET_FILE_BY_NAME = {
+    "ADMIN_PASSWORD": "odoo.env",
+    "PGPASSWORD": "db-access.env",
+    "POSTGRES_PASSWORD": "db-creation.env",
+}
+SECRET_FILE_BY_PREFIX = (("SMTP_", "smtp.env"), ("AWS_", "backup.env"), ("PASSPHRASE", "backup.env"))
+SERVICE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+WRITE_FILE_SCRIPT = 'umask 077 && mkdir -p -- "$(dirname -- "$1")" && cat > "$1.tmp" && mv -f -- "$1.tmp" "$1"'
+INIT_REPO_SCRIPT = 'test -d "$1/.git" || git init -q -- "$1"'
+DB_STATE_SQL = "SELECT count(*) FROM pg_tables WHERE tablename = 'ir_module_module'"
+DB_NOT_READY = (
+    "could not connect",
+    "connection refused",
+    "starting up",
+    "no such file or directory",
+    "timeout expired",
+)
+
+
+class StepFailed(JobFailed):
+    """A pipeline step failed; the message says which and why."""
+
+
+def secret_file_for(name: str) -> str:
+    """Which Doodba ``.docker/*.env`` file a secret goes to (unknown names go to ``odoo.env``)."""
+    if name in SECRET_FILE_BY_NAME:
+        return SECRET_FILE_BY_NAME[name]
+    for prefix, filename in SECRET_FILE_BY_PREFIX:
+        if name.startswith(prefix):
+            return filename
+    return "odoo.env"
+
+
+def env_file_text(values: dict[str, str]) -> str:
+    """A compose ``env_file``: single-quoted values are taken literally (no ``$`` interpolation)."""
+    lines = []
+    for name in sorted(values):
+        value = values[name].replace("\\", "\\\\").replace("'", "\\'")
+        lines.append(f"{name}='{value}'")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def compose_escape(value: str) -> str:
+    """Compose interpolates ``$`` in compose files: double it so values stay literal."""
+    return value.replace("$", "$$")
+
+
+def image_ref(environment: Environment, service: str, deployment_id: int) -> str:
+    """The tag the panel gives a built image, so a rollback can start exactly the same image again."""
+    return f"{environment.compose_project}-{service}:panel-{deployment_id}"
+
+
+def render_override(
+    environment: Environment, deployment_id: int, services: Sequence[str], built: Sequence[str]
+) -> dict[str, Any]:
+    """The panel-managed compose override: image tags, Odoo workers and cron threads, limits, labels."""
+    labels = {"io.doodba-panel.environment": str(environment.pk), "io.doodba-panel.deployment": str(deployment_id)}
+    rendered: dict[str, Any] = {name: {"labels": dict(labels)} for name in services}
+    for name in built:
+        rendered[name]["image"] = image_ref(environment, name, deployment_id)
+    if "odoo" in rendered:
+        odoo_env = {
+            "WORKERS": str(environment.workers),
+            "MAX_CRON_THREADS": str(environment.cron_threads),
+            "PROXY_MODE": "true",
+            "LIST_DB": "false",
+            **environment.env_vars,
+        }
+        rendered["odoo"]["environment"] = {key: compose_escape(value) for key, value in odoo_env.items()}
+        if environment.cpu_limit:
+            rendered["odoo"]["cpus"] = float(environment.cpu_limit)
+        if environment.memory_limit:
+            rendered["odoo"]["mem_limit"] = environment.memory_limit.lower()
+        if environment.domain:
+            rendered["odoo"]["labels"]["doodba.domain.main"] = environment.domain
+    return {"services": rendered}
+
+
+@dataclass
+class Pipeline:
+    """Runs the steps of one deployment on the environment's server, logging into the job."""
+
+    context: JobContext
+    environment: Environment
+    deployment_id: int
+    target: Target = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.target = Target.for_server(self.environment.server)
+        self.root = f"{settings.DEPLOY_ROOT}/{self.environment.compose_project}"
+        self.src = f"{self.root}/src"
+
+    # -- remote commands ---------------------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], *, what: str, timeout: float | None = None, stdin: bytes | None = None) -> None:
+        """Run a command, streaming its output into the job log; a non-zero exit fails the step."""
+        code = run(self.target, argv, on_output=self.context.log.output, timeout=timeout, stdin=stdin)
+        if code != 0:
+            raise StepFailed(f"{what} failed (exit code {code}); its output is in the log above.")
+
+    def capture(self, argv: Sequence[str], *, timeout: float | None = 120) -> CommandResult:
+        """Run a command quietly and return its output (for values the panel reads, not for people)."""
+        return run_capture(self.target, argv, timeout=timeout)
+
+    def compose(self, *args: str, override: bool = True) -> list[str]:
+        """``docker compose -p KEY -f src/prod.yaml [-f src/docker-compose.panel.yaml] ARGS``."""
+        files = [f"{self.src}/{name}" for name in self.environment.compose_files]
+        if override:
+            files.append(f"{self.src}/{OVERRIDE_FILE}")
+        argv = ["docker", "compose", "--ansi", "never", "-p", self.environment.compose_project]
+        for path in files:
+            argv += ["-f", path]
+        return [*argv, *args]
+
+    def write_file(self, path: str, content: str) -> None:
+        """Write a file on the server with mode 0600 (atomically, through a temporary file)."""
+        code = run(
+            self.target, ["sh", "-c", WRITE_FILE_SCRIPT, "sh", path], on_output=self.context.log.output,
+            stdin=content.encode(), timeout=60,
+        )  # fmt: skip
+        if code != 0:
+            raise StepFailed(f"Could not write {path} on the server.")
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def fetch(self, project: Project, ref: str) -> str:
+        """Fetch the repository on the server and check out ``ref`` (branch, tag or commit); return the commit."""
+        self.run(["mkdir", "-p", "--", self.root], what="Creating the deploy directory")
+        self.run(["sh", "-c", INIT_REPO_SCRIPT, "sh", self.src], what="Preparing the git checkout")
+        fetch = ["git", "-C", self.src, "fetch", "--force", "--prune", "--no-tags", "--", project.git_url,
+                 "+refs/heads/*:refs/remotes/panel/*", "+refs/tags/*:refs/tags/*"]  # fmt: skip
+        if self._needs_ssh(project.git_url):
+            fetch = self._with_deploy_key(project, fetch)
+        try:
+            self.run(fetch, what="git fetch", timeout=900)
+        finally:
+            if self._needs_ssh(project.git_url):
+                self.run(["rm", "-rf", "--", f"{self.root}/.panel"], what="Removing the deploy key")
+        commit = ""
+        for candidate in (f"refs/remotes/panel/{ref}", f"refs/tags/{ref}", ref):
+            found = self.capture(["git", "-C", self.src, "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"])
+            if found.ok and found.stdout.strip():
+                commit = found.stdout.strip()
+                break
+        if not re.fullmatch(r"[0-9a-f]{40}", commit):
+            raise StepFailed(f"{ref!r} is not a branch, tag or commit of {project.git_url}.")
+        self.run(["git", "-C", self.src, "checkout", "--quiet", "--force", "--detach", commit], what="git checkout")
+        self.run(["git", "-C", self.src, "clean", "-ffdxq"], what="git clean")
+        self.context.write(f"Checked out {commit[:12]} ({ref}).")
+        return commit
+
+    def commit_subject(self, commit: str) -> str:
+        """The first line of a commit's message."""
+        result = self.capture(["git", "-C", self.src, "log", "-1", "--format=%s", commit])
+        return result.stdout.strip()[:200]
+
+    def commits_between(self, old: str, new: str) -> list[str]:
+        """``sha subject`` lines of the commits in ``new`` that ``old`` lacks (at most 100)."""
+        if not old or old == new:
+            return []
+        result = self.capture(["git", "-C", self.src, "log", "--format=%H %s", "-n", "100", f"{old}..{new}"])
+        return result.stdout.splitlines() if result.ok else []
+
+    def _needs_ssh(self, url: str) -> bool:
+        return url.startswith("ssh://") or (not url.startswith(("https://", "/")) and "@" in url)
+
+    def _with_deploy_key(self, project: Project, argv: list[str]) -> list[str]:
+        if not project.git_known_hosts.strip():
+            raise StepFailed(
+                "The project has no git server host key: add its known_hosts lines (e.g. from ssh-keyscan, verified "
+                "out of band) to the project, so the server can check whom it fetches from."
+            )
+        if not project.deploy_key:
+            raise StepFailed("The project has no deploy key: generate one and add it to the git repository.")
+        self.write_file(f"{self.root}/.panel/deploy_key", project.deploy_key.rstrip("\n") + "\n")
+        self.write_file(f"{self.root}/.panel/known_hosts", project.git_known_hosts.rstrip("\n") + "\n")
+        base = f'"$HOME/{self.root}/.panel'
+        ssh = (
+            f'ssh -F /dev/null -i {base}/deploy_key" -o IdentitiesOnly=yes -o BatchMode=yes '
+            f'-o StrictHostKeyChecking=yes -o UserKnownHostsFile={base}/known_hosts"'
+        )
+        return ["env", f"GIT_SSH_COMMAND={ssh}", *argv]
+
+    def write_secrets(self, secrets: dict[str, str]) -> None:
+        """Write every ``.docker/*.env`` file Doodba's compose files name (mode 0600)."""
+        by_file: dict[str, dict[str, str]] = {name: {} for name in ENV_FILES}
+        for name, value in secrets.items():
+            by_file[secret_file_for(name)][name] = value
+        for filename, values in by_file.items():
+            self.write_file(f"{self.src}/.docker/{filename}", env_file_text(values))
+        self.context.write(
+            f"Wrote {len(ENV_FILES)} secret files in .docker/ (mode 0600): {', '.join(sorted(secrets))}."
+        )
+
+    def compose_services(self) -> tuple[list[str], list[str], dict[str, str]]:
+        """Services of the project's compose files: (all, built here, image of each)."""
+        result = self.capture(self.compose("config", "--format", "json", override=False))
+        if not result.ok:
+            raise StepFailed(f"The compose files are not valid: {result.stderr.strip()[-500:]}")
+        try:
+            services: dict[str, Any] = json.loads(result.stdout)["services"]
+        except (ValueError, KeyError) as exc:
+            raise StepFailed("docker compose config did not return the services.") from exc
+        names = sorted(services)
+        for name in names:
+            if not SERVICE_NAME_RE.fullmatch(name):
+                raise StepFailed(f"Service name {name[:40]!r} is not one the panel handles.")
+        built = [name for name in names if services[name].get("build")]
+        images = {name: str(services[name].get("image") or "") for name in names}
+        return names, built, images
+
+    def write_override(self, override: dict[str, Any]) -> None:
+        """Write the panel override (JSON is YAML) and check the combined configuration."""
+        self.write_file(f"{self.src}/{OVERRIDE_FILE}", json.dumps(override, indent=2, sort_keys=True) + "\n")
+        check = self.capture(self.compose("config", "--quiet"))
+        if not check.ok:
+            raise StepFailed(f"The compose configuration with the panel's override is not valid: {check.stderr[-500:]}")
+
+    def build(self) -> None:
+        """Build the images of services with a ``build`` section."""
+        args = ["build", "--pull"] if settings.DEPLOY_BUILD_PULL else ["build"]
+        self.run(self.compose(*args), what="Building the images", timeout=settings.DEPLOY_BUILD_TIMEOUT)
+
+    def image_ids(self, images: dict[str, str]) -> dict[str, dict[str, str]]:
+        """Resolve the image of each service to its id."""
+        recorded: dict[str, dict[str, str]] = {}
+        for service, ref in sorted(images.items()):
+            if not ref:
+                continue
+            found = self.capture(["docker", "image", "inspect", "--format", "{{.Id}}", "--", ref])
+            recorded[service] = {"ref": ref, "id": found.stdout.strip() if found.ok else ""}
+        return recorded
+
+    def require_images(self, images: dict[str, dict[str, str]]) -> None:
+        """Fail if an image of an earlier deployment is gone (pruned)."""
+        for service, image in images.items():
+            found = self.capture(["docker", "image", "inspect", "--format", "{{.Id}}", "--", image["ref"]])
+            if not found.ok or (image.get("id") and found.stdout.strip() != image["id"]):
+                raise StepFailed(
+                    f"The image of service {service} ({image['ref']}) is no longer on the server; "
+                    "deploy that commit again instead of rolling back to it."
+                )
+
+    def database_state(self) -> str:
+        """``initialized``, ``empty`` or ``missing``: asks PostgreSQL through the odoo service's own settings."""
+        deadline = time.monotonic() + settings.DEPLOY_DB_WAIT_TIMEOUT
+        while True:
+            result = self.capture(self.compose("run", "--rm", "odoo", "psql", "-tAc", DB_STATE_SQL), timeout=300)
+            output = (result.stdout + "\n" + result.stderr).lower()
+            if result.ok:
+                return "initialized" if result.stdout.strip().splitlines()[-1:] == ["1"] else "empty"
+            if "does not exist" in output:
+                return "missing"
+            if not any(marker in output for marker in DB_NOT_READY) or time.monotonic() > deadline:
+                raise StepFailed(
+                    f"Could not ask the database whether it is initialised: {result.stderr.strip()[-300:]}"
+                )
+            time.sleep(2)
+
+    def update_database(self, *, first_deploy: bool) -> None:
+        """Initialise a new database, adopt one the panel never saw, or update the addons whose code changed."""
+        timeout = settings.DEPLOY_UPDATE_TIMEOUT
+        if first_deploy:
+            state = self.database_state()
+            if state != "initialized":
+                self.context.write(f"The database is {state}: initialising it (odoo --stop-after-init -i base).")
+                self.run(self.compose("run", "--rm", "odoo", "odoo", "--stop-after-init", "-i", "base"),
+                         what="Initialising the database", timeout=timeout)  # fmt: skip
+            else:
+                self.context.write("The database exists but the panel never deployed it: recording addon hashes.")
+            self.run(self.compose("run", "--rm", "odoo", "click-odoo-update", "--only-compute-hashes"),
+                     what="Recording addon hashes", timeout=timeout)  # fmt: skip
+            return
+        self.run(self.compose("run", "--rm", "odoo", "click-odoo-update"), what="Updating addons", timeout=timeout)
+
+    def start(self, *, build: bool = True) -> None:
+        """``up -d --remove-orphans`` (without building when putting back an earlier deployment's images)."""
+        args = ["up", "-d", "--remove-orphans"] + ([] if build else ["--no-build"])
+        self.run(self.compose(*args), what="Starting the containers", timeout=900)
+
+    def wait_healthy(self) -> None:
+        """Wait until every container runs and Odoo answers ``/web/health`` with ``pass``."""
+        timeout = settings.DEPLOY_HEALTH_TIMEOUT
+        deadline = time.monotonic() + timeout
+        next_report = time.monotonic() + 10
+        client = docker_client(self.target)
+        label = f"com.docker.compose.project={self.environment.compose_project}"
+        problem = "no answer yet"
+        while True:
+            containers = [
+                c for c in client.containers.list(all=True, filters={"label": label})
+                if c.labels.get("com.docker.compose.oneoff") != "True"
+            ]  # fmt: skip
+            stopped = sorted(f"{c.name} ({c.status})" for c in containers if c.status != "running")
+            health = self.capture(
+                self.compose(
+                    "exec", "-T", "odoo", "curl", "-fsS", "--max-time", "5", "http://localhost:8069/web/health"
+                ),
+                timeout=30,
+            )
+            if health.ok and '"pass"' in health.stdout and containers and not stopped:
+                self.context.write(f"Odoo answers /web/health: pass; {len(containers)} containers running.")
+                return
+            problem = (
+                f"not running: {', '.join(stopped)}"
+                if stopped
+                else f"/web/health: {(health.stderr or health.stdout).strip()[-200:]}"
+            )
+            if time.monotonic() > deadline:
+                raise StepFailed(f"Odoo did not become healthy within {timeout:g} s ({problem}).")
+            if time.monotonic() > next_report:
+                self.context.write(f"Waiting for Odoo to become healthy: {problem}")
+                next_report = time.monotonic() + 10
+            time.sleep(settings.DEPLOY_HEALTH_INTERVAL)
+
+
+__all__ = ["OVERRIDE_FILE", "Pipeline", "RemoteError", "StepFailed", "render_override", "secret_file_for"]

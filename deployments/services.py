@@ -1,0 +1,307 @@
+"""Domain actions of deployments: deploy, promote, roll back, compare, and the job that runs them.
+
+One mutating job per environment: every deployment job holds the lock ``environment:<id>`` (a partial unique
+index on queued/running jobs), so a second request raises ``TargetBusy`` with the running job.
+"""
+
+from __future__ import annotations
+
+import secrets as random_secrets
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from deployments.choices import DeploymentKind, DeploymentStatus, Trigger
+from deployments.models import Deployment
+from deployments.pipeline import Pipeline, StepFailed, render_override
+from monitoring.models import Event
+from panel.accounts.services import record
+from panel.inventory.choices import EnvironmentKind
+from panel.inventory.models import Environment
+from panel.jobs import services as jobs
+from panel.jobs.choices import JobKind
+from panel.jobs.runner import JobCanceled, JobContext, JobFailed, handler
+from panel.remote import RemoteError
+from panel.validators import validate_git_ref
+
+GENERATED_SECRETS = ("ADMIN_PASSWORD", "PGPASSWORD")
+
+
+def lock_key(environment: Environment) -> str:
+    """The job lock every mutating job of an environment takes."""
+    return f"environment:{environment.pk}"
+
+
+@transaction.atomic
+def _start(
+    *,
+    environment: Environment,
+    actor: Any,
+    kind: str,
+    ref: str,
+    trigger: str,
+    source: Deployment | None = None,
+) -> Deployment:
+    validate_git_ref(ref)
+    job = jobs.create_job(
+        kind=JobKind.ROLLBACK if kind == DeploymentKind.ROLLBACK else JobKind.DEPLOY,
+        organization=environment.project.organization,
+        created_by=actor,
+        environment=environment,
+        lock_key=lock_key(environment),
+        params={"environment_id": environment.pk},
+        trigger=trigger,
+    )
+    deployment = Deployment.objects.create(
+        environment=environment,
+        job=job,
+        kind=kind,
+        ref=ref,
+        previous=environment.current_deployment,
+        source=source,
+        triggered_by=actor if getattr(actor, "is_authenticated", False) else None,
+        trigger=trigger,
+    )
+    job.params["deployment_id"] = deployment.pk
+    job.save(update_fields=["params"])
+    record(
+        action=f"environment.{kind}",
+        actor=actor,
+        obj=environment,
+        detail={"job": job.pk, "deployment": deployment.pk, "ref": ref, "trigger": trigger},
+    )
+    return deployment
+
+
+def start_deploy(*, environment: Environment, actor: Any, ref: str = "", trigger: str = Trigger.BUTTON) -> Deployment:
+    """Deploy ``ref`` (default: the environment's git ref). Raises ``TargetBusy`` if a job runs there."""
+    return _start(
+        environment=environment, actor=actor, kind=DeploymentKind.DEPLOY, ref=ref or environment.git_ref,
+        trigger=trigger,
+    )  # fmt: skip
+
+
+def staging_of(environment: Environment) -> Environment | None:
+    """The project's staging environment (the first one, by name) other than ``environment``."""
+    return (
+        Environment.objects.filter(project=environment.project, kind=EnvironmentKind.STAGING)
+        .exclude(pk=environment.pk)
+        .order_by("name")
+        .first()
+    )
+
+
+def start_promote(*, environment: Environment, actor: Any, trigger: str = Trigger.PROMOTE) -> Deployment:
+    """Deploy to ``environment`` the commit that runs in the project's staging environment now."""
+    staging = staging_of(environment)
+    if staging is None or staging.current_deployment is None:
+        raise JobFailed("There is no staging environment with a successful deployment to promote.")
+    return _start(
+        environment=environment, actor=actor, kind=DeploymentKind.PROMOTE,
+        ref=staging.current_deployment.commit, trigger=trigger,
+    )  # fmt: skip
+
+
+def start_rollback(*, deployment: Deployment, actor: Any) -> Deployment:
+    """Put an earlier successful deployment back in place: same commit, same images, its configuration."""
+    if deployment.status != DeploymentStatus.SUCCEEDED or not deployment.commit:
+        raise JobFailed("Only a successful deployment can be rolled back to.")
+    return _start(
+        environment=deployment.environment, actor=actor, kind=DeploymentKind.ROLLBACK, ref=deployment.commit,
+        trigger=Trigger.ROLLBACK, source=deployment,
+    )  # fmt: skip
+
+
+def compare(older: Deployment, newer: Deployment) -> dict[str, Any]:
+    """What changed between two deployments of an environment: commits and configuration (never secret values)."""
+    old_config, new_config = older.config or {}, newer.config or {}
+    keys = sorted(set(old_config) | set(new_config))
+    config_changes = {
+        key: {"before": old_config.get(key), "after": new_config.get(key)}
+        for key in keys
+        if key not in ("override",) and old_config.get(key) != new_config.get(key)
+    }
+    commits: list[str] = []
+    for deployment in Deployment.objects.filter(
+        environment=newer.environment, created_at__gt=older.created_at, created_at__lte=newer.created_at
+    ).order_by("created_at"):
+        commits += deployment.changes.get("commits", [])
+    return {
+        "from": {"id": older.pk, "commit": older.commit},
+        "to": {"id": newer.pk, "commit": newer.commit},
+        "commits": list(dict.fromkeys(commits)),
+        "config": config_changes,
+    }
+
+
+def _ensure_secrets(environment: Environment) -> dict[str, str]:
+    """Secrets for the deploy; the admin and database passwords are generated once when nobody set them."""
+    values = environment.get_secrets()
+    changed = False
+    for name in GENERATED_SECRETS:
+        if not values.get(name):
+            values[name] = random_secrets.token_urlsafe(24)
+            changed = True
+    if not values.get("POSTGRES_PASSWORD"):
+        values["POSTGRES_PASSWORD"] = values["PGPASSWORD"]
+        changed = True
+    if changed:
+        environment.set_secrets(values)
+        environment.save(update_fields=["secrets"])
+    return values
+
+
+def _config_snapshot(environment: Environment, override: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
+    return {
+        "compose_files": list(environment.compose_files),
+        "compose_project": environment.compose_project,
+        "workers": environment.workers,
+        "cron_threads": environment.cron_threads,
+        "cpu_limit": environment.cpu_limit,
+        "memory_limit": environment.memory_limit,
+        "env_vars": dict(environment.env_vars),
+        "secret_names": sorted(secrets),
+        "override": override,
+    }
+
+
+def _event(deployment: Deployment, kind: str, severity: str, message: str) -> None:
+    Event.objects.create(
+        organization=deployment.environment.project.organization,
+        environment=deployment.environment,
+        deployment=deployment,
+        kind=kind,
+        severity=severity,
+        message=message,
+    )
+
+
+def _put_in_place(pipeline: Pipeline, context: JobContext, source: Deployment, prefix: str) -> None:
+    """Check out an earlier deployment's commit, write its override and start its very images."""
+    environment = pipeline.environment
+    with context.step(f"{prefix}Check out {source.short_commit}"):
+        pipeline.fetch(environment.project, source.commit)
+    with context.step(f"{prefix}Write configuration"):
+        pipeline.write_secrets(_ensure_secrets(environment))
+        pipeline.write_override(source.config["override"])
+        pipeline.require_images(source.images)
+    with context.step(f"{prefix}Start"):
+        pipeline.start(build=False)
+    with context.step(f"{prefix}Wait until healthy"):
+        pipeline.wait_healthy()
+
+
+def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment, first_deploy: bool) -> None:
+    environment = pipeline.environment
+    with context.step("Fetch code"):
+        commit = pipeline.fetch(environment.project, deployment.ref)
+        deployment.commit = commit
+        deployment.commit_subject = pipeline.commit_subject(commit)
+        previous = deployment.previous.commit if deployment.previous else ""
+        deployment.changes = {"commits": pipeline.commits_between(previous, commit)}
+        deployment.save(update_fields=["commit", "commit_subject", "changes"])
+    with context.step("Write configuration"):
+        secrets = _ensure_secrets(environment)
+        pipeline.write_secrets(secrets)
+        services, built, _ = pipeline.compose_services()
+        override = render_override(environment, deployment.pk, services, built)
+        pipeline.write_override(override)
+        deployment.config = _config_snapshot(environment, override, secrets)
+        deployment.save(update_fields=["config"])
+    with context.step("Build images"):
+        pipeline.build()
+        _, _, images = pipeline.compose_services()
+        images.update({name: override["services"][name]["image"] for name in built})
+        deployment.images = pipeline.image_ids(images)
+        deployment.save(update_fields=["images"])
+    with context.step("Update database"):
+        pipeline.update_database(first_deploy=first_deploy)
+    with context.step("Start"):
+        pipeline.start()
+    with context.step("Wait until healthy"):
+        pipeline.wait_healthy()
+
+
+@handler(JobKind.DEPLOY)
+@handler(JobKind.ROLLBACK)
+def run_deployment(context: JobContext) -> dict[str, Any]:
+    """Run a deploy, promotion or rollback; on failure put the previous deployment back automatically."""
+    deployment = Deployment.objects.select_related("environment__project", "environment__server", "source").get(
+        pk=context.job.params["deployment_id"]
+    )
+    environment = deployment.environment
+    pipeline = Pipeline(context, environment, deployment.pk)
+    previous = deployment.previous if deployment.previous and deployment.previous.commit else None
+    try:
+        if deployment.kind == DeploymentKind.ROLLBACK:
+            assert deployment.source is not None
+            deployment.commit = deployment.source.commit
+            deployment.commit_subject = deployment.source.commit_subject
+            deployment.images = deployment.source.images
+            deployment.config = deployment.source.config
+            deployment.save(update_fields=["commit", "commit_subject", "images", "config"])
+            _put_in_place(pipeline, context, deployment.source, "")
+        else:
+            _deploy_new(pipeline, context, deployment, first_deploy=environment.current_deployment is None)
+    except (JobFailed, JobCanceled, RemoteError) as exc:
+        _recover(context, pipeline, deployment, previous, exc)
+        raise AssertionError("unreachable") from exc  # _recover always raises
+    deployment.status = DeploymentStatus.SUCCEEDED
+    deployment.finished_at = timezone.now()
+    deployment.save(update_fields=["status", "finished_at"])
+    Environment.objects.filter(pk=environment.pk).update(
+        current_deployment=deployment.source if deployment.kind == DeploymentKind.ROLLBACK else deployment,
+        degraded=False,
+    )
+    _event(deployment, "deploy.succeeded", Event.Severity.INFO,
+           f"{environment}: deployment #{deployment.pk} of {deployment.short_commit} succeeded.")  # fmt: skip
+    return {"deployment": deployment.pk, "commit": deployment.commit}
+
+
+def _recover(
+    context: JobContext, pipeline: Pipeline, deployment: Deployment, previous: Deployment | None, exc: Exception
+) -> None:
+    """After a failed or canceled step: roll back to ``previous`` and raise the job's final outcome."""
+    canceled = isinstance(exc, JobCanceled)
+    failed_step = next((step["name"] for step in reversed(context.steps) if step["status"] == "failed"), "")
+    what = "Canceled." if canceled else (f"Step “{failed_step}” failed: {exc}" if failed_step else str(exc))
+    environment = deployment.environment
+    deployment.finished_at = timezone.now()
+    if not deployment.commit and len(context.steps) <= 1:
+        # Nothing changed on the server yet (the fetch itself failed, or canceled before it).
+        deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED_NO_ROLLBACK
+        deployment.save(update_fields=["status", "finished_at"])
+        _event(deployment, "deploy.failed", Event.Severity.WARNING, f"{environment}: {what}")
+        if canceled:
+            raise JobCanceled(f"{what} Nothing was changed on the server.")
+        raise JobFailed(f"{what} Nothing was changed on the server; the running version is untouched.")
+    if previous is None or deployment.kind == DeploymentKind.ROLLBACK:
+        deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED_NO_ROLLBACK
+        deployment.save(update_fields=["status", "finished_at"])
+        _event(deployment, "deploy.failed", Event.Severity.CRITICAL, f"{environment}: {what}")
+        if canceled:
+            raise JobCanceled(f"{what}; there was no earlier deployment to restore.")
+        raise JobFailed(f"{what} There was no earlier successful deployment to restore.")
+    context.write(f"Rolling back to deployment #{previous.pk} ({previous.short_commit}) …")
+    try:
+        _put_in_place(pipeline, context, previous, "Rollback: ")
+    except (JobFailed, RemoteError) as rollback_error:
+        deployment.status = DeploymentStatus.DEGRADED
+        deployment.rollback = {"to": previous.pk, "outcome": "failed", "reason": str(rollback_error)}
+        deployment.save(update_fields=["status", "finished_at", "rollback"])
+        Environment.objects.filter(pk=environment.pk).update(degraded=True)
+        message = (
+            f"{what} The automatic rollback to deployment #{previous.pk} ({previous.short_commit}) failed too: "
+            f"{rollback_error} The environment is degraded: check the server and deploy again."
+        )
+        _event(deployment, "deploy.degraded", Event.Severity.CRITICAL, f"{environment}: {message}")
+        raise JobFailed(message) from rollback_error
+    deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED
+    deployment.rollback = {"to": previous.pk, "outcome": "succeeded"}
+    deployment.save(update_fields=["status", "finished_at", "rollback"])
+    restored = f"Rolled back to deployment #{previous.pk} ({previous.short_commit}), which is serving again."
+    _event(deployment, "deploy.rolled_back", Event.Severity.WARNING, f"{environment}: {what} {restored}")
+    if canceled:
+        raise JobCanceled(f"Canceled. {restored}")
+    raise StepFailed(f"{what} {restored}")
