@@ -44,6 +44,8 @@ def _start(
     source: Deployment | None = None,
 ) -> Deployment:
     validate_git_ref(ref)
+    # The caller's copy may be stale: what is live now is what the worker last recorded.
+    environment.refresh_from_db(fields=["current_deployment", "degraded"])
     job = jobs.create_job(
         kind=JobKind.ROLLBACK if kind == DeploymentKind.ROLLBACK else JobKind.DEPLOY,
         organization=environment.project.organization,
@@ -177,18 +179,20 @@ def _event(deployment: Deployment, kind: str, severity: str, message: str) -> No
     )
 
 
-def _put_in_place(pipeline: Pipeline, context: JobContext, source: Deployment, prefix: str) -> None:
+def _put_in_place(
+    pipeline: Pipeline, context: JobContext, source: Deployment, prefix: str, *, cancelable: bool = True
+) -> None:
     """Check out an earlier deployment's commit, write its override and start its very images."""
     environment = pipeline.environment
-    with context.step(f"{prefix}Check out {source.short_commit}"):
+    with context.step(f"{prefix}Check out {source.short_commit}", cancelable=cancelable):
         pipeline.fetch(environment.project, source.commit)
-    with context.step(f"{prefix}Write configuration"):
+    with context.step(f"{prefix}Write configuration", cancelable=cancelable):
         pipeline.write_secrets(_ensure_secrets(environment))
         pipeline.write_override(source.config["override"])
         pipeline.require_images(source.images)
-    with context.step(f"{prefix}Start"):
+    with context.step(f"{prefix}Start", cancelable=cancelable):
         pipeline.start(build=False)
-    with context.step(f"{prefix}Wait until healthy"):
+    with context.step(f"{prefix}Wait until healthy", cancelable=cancelable):
         pipeline.wait_healthy()
 
 
@@ -285,7 +289,7 @@ def _recover(
         raise JobFailed(f"{what} There was no earlier successful deployment to restore.")
     context.write(f"Rolling back to deployment #{previous.pk} ({previous.short_commit}) …")
     try:
-        _put_in_place(pipeline, context, previous, "Rollback: ")
+        _put_in_place(pipeline, context, previous, "Rollback: ", cancelable=False)
     except (JobFailed, RemoteError) as rollback_error:
         deployment.status = DeploymentStatus.DEGRADED
         deployment.rollback = {"to": previous.pk, "outcome": "failed", "reason": str(rollback_error)}

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import time
+from typing import Any
 
+import pytest
+from django.core.exceptions import ValidationError
+
+from deployments.models import Deployment
+from deployments.services import start_deploy
 from monitoring.models import Event
-from tests.deploy_fixtures import KEY, deploy, health, log_text
+from panel.jobs.services import request_cancel
+from tests.deploy_fixtures import COMPOSE, KEY, MANIFEST, deploy, health, installed_version, log_text
+from tests.lab_helpers import wait_job
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 
@@ -30,3 +39,143 @@ def test_it_deploys_the_sample_project_and_it_answers_health(deploy_env, lab1, l
     mode = lab1.ssh("stat", "-c", "%a", f"doodba-panel/{KEY}/src/.docker/db-access.env", check=True).stdout.strip()
     assert mode == "600"
     assert Event.objects.filter(deployment=deployment, kind="deploy.succeeded").exists()
+
+
+def bump_manifest(lab_sample: Any, version: str) -> str:
+    manifest = lab_sample.sample_file(MANIFEST).replace('"16.0.1.0.0"', f'"{version}"')
+    assert version in manifest
+    return lab_sample.commit_to_sample({MANIFEST: manifest}, f"panel_demo {version}")
+
+
+def test_it_updates_only_the_addon_whose_code_changed(deploy_env, lab1, lab_sample, users) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    assert installed_version(lab1, "panel_demo") == "16.0.1.0.0"
+    sha = bump_manifest(lab_sample, "16.0.1.1.0")
+    second = deploy(deploy_env, users["alice"])
+    assert second.job.status == "succeeded", second.job.reason
+    assert second.commit == sha
+    assert second.changes["commits"][0].startswith(sha)
+    text = log_text(second)
+    assert "Updating addons for their hash changed: panel_demo." in text
+    assert "initialising" not in text
+    assert installed_version(lab1, "panel_demo") == "16.0.1.1.0"
+    assert installed_version(lab1, "base") == "16.0.1.3"
+    assert health(lab1) == {"status": "pass"}
+
+
+def test_it_rolls_back_when_the_image_build_fails(deploy_env, lab1, lab_sample, users) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    dockerfile = lab_sample.sample_file("odoo/Dockerfile") + "RUN echo 'broken build' && exit 3\n"
+    lab_sample.commit_to_sample({"odoo/Dockerfile": dockerfile}, "break the build")
+    second = deploy(deploy_env, users["alice"])
+    assert second.job.status == "failed"
+    assert "Step “Build images” failed" in second.job.reason
+    assert f"Rolled back to deployment #{first.pk}" in second.job.reason
+    assert "serving again" in second.job.reason
+    assert second.status == "failed"
+    assert second.rollback == {"to": first.pk, "outcome": "succeeded"}
+    assert "broken build" in log_text(second)
+    assert health(lab1) == {"status": "pass"}
+    running = lab1.docker("inspect", "--format", "{{.Config.Image}}", f"{KEY}-odoo-1", check=True).stdout.strip()
+    assert running == first.images["odoo"]["ref"]
+    deploy_env.refresh_from_db()
+    assert deploy_env.current_deployment_id == first.pk and not deploy_env.degraded
+    assert Event.objects.filter(deployment=second, kind="deploy.rolled_back").exists()
+
+
+def test_it_rolls_back_when_odoo_never_becomes_healthy(deploy_env, lab1, lab_sample, users) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    prod = lab_sample.sample_file("prod.yaml").replace(
+        "    restart: unless-stopped\n    hostname:",
+        '    restart: unless-stopped\n    command: ["sleep", "infinity"]\n    hostname:',
+        1,
+    )
+    assert "sleep" in prod
+    lab_sample.commit_to_sample({"prod.yaml": prod}, "odoo never answers")
+    second = deploy(deploy_env, users["alice"])
+    assert second.job.status == "failed"
+    assert "Step “Wait until healthy” failed: Odoo did not become healthy within 30 s" in second.job.reason
+    assert f"Rolled back to deployment #{first.pk}" in second.job.reason
+    steps = [(s["name"], s["status"]) for s in second.job.result["steps"]]
+    assert ("Wait until healthy", "failed") in steps and ("Rollback: Wait until healthy", "succeeded") in steps
+    assert health(lab1) == {"status": "pass"}
+    command = lab1.docker("inspect", "--format", "{{json .Config.Cmd}}", f"{KEY}-odoo-1", check=True).stdout
+    assert "sleep" not in command
+
+
+def test_it_keeps_stored_values_inert_on_the_host(deploy_env, lab1, users) -> None:
+    marker = "/tmp/panel-deploy-injection-marker"
+    lab1.ssh("rm", "-f", marker)
+    payloads = {
+        "PANEL_A": f"$(touch {marker})",
+        "PANEL_B": f"`touch {marker}`; touch {marker} && echo ${{HOME}}",
+        "PANEL_C": 'it\'s "quoted" \\ $PGPASSWORD',
+    }
+    deploy_env.env_vars = payloads
+    deploy_env.set_secrets({"ADMIN_PASSWORD": f"pw'$(touch {marker})\"`x`$$"})
+    deploy_env.full_clean()
+    deploy_env.save()
+    deployment = deploy(deploy_env, users["alice"])
+    assert deployment.job.status == "succeeded", deployment.job.reason
+    for name, value in payloads.items():
+        seen = lab1.ssh(*COMPOSE, "exec", "-T", "odoo", "printenv", name, check=True).stdout.rstrip("\n")
+        assert seen == value
+    seen = lab1.ssh(*COMPOSE, "exec", "-T", "odoo", "printenv", "ADMIN_PASSWORD", check=True).stdout.rstrip("\n")
+    assert seen == f"pw'$(touch {marker})\"`x`$$"
+    assert lab1.ssh("test", "-e", marker).returncode == 1, "nothing ran"
+    # Secret values never reach the job log or the deployment record.
+    assert "pw'" not in log_text(deployment)
+    assert "pw'" not in json.dumps(deployment.config)
+
+
+def test_it_refuses_refs_that_could_reach_a_shell(deploy_env, users) -> None:
+    for ref in ["; touch /tmp/x", "$(id)", "-oProxyCommand=x", "--upload-pack=touch", "main\nx", "a..b"]:
+        with pytest.raises(ValidationError):
+            start_deploy(environment=deploy_env, actor=users["alice"], ref=ref)
+    assert not Deployment.objects.exists()
+
+
+def test_it_interrupts_a_deploy_whose_worker_died_and_the_next_one_succeeds(
+    deploy_env, jobs_worker, monitoring_worker, lab1, users
+) -> None:
+    first = start_deploy(environment=deploy_env, actor=users["alice"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        first.job.refresh_from_db()
+        names = [s["name"] for s in first.job.result.get("steps", [])]
+        if "Build images" in names:
+            break
+        time.sleep(0.2)
+    jobs_worker.kill()
+    job = wait_job(first.job, timeout=60, statuses=("interrupted",))
+    assert "stopped responding" in job.reason
+    first.refresh_from_db()
+    assert first.effective_status == "interrupted"
+    jobs_worker.start()
+    second = deploy(deploy_env, users["alice"])
+    assert second.job.status == "succeeded", second.job.reason
+    assert health(lab1) == {"status": "pass"}
+    job.refresh_from_db()
+    assert job.status == "interrupted", "the interrupted deploy is never resumed"
+
+
+def test_it_cancels_a_running_deploy_at_a_step_boundary(deploy_env, lab1, lab_sample, users) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    bump_manifest(lab_sample, "16.0.2.0.0")
+    second = start_deploy(environment=deploy_env, actor=users["alice"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        second.job.refresh_from_db()
+        if any(s["name"] == "Build images" for s in second.job.result.get("steps", [])):
+            break
+        time.sleep(0.1)
+    request_cancel(second.job)
+    job = wait_job(second.job, timeout=120)
+    assert job.status == "canceled"
+    assert f"Rolled back to deployment #{first.pk}" in job.reason
+    assert installed_version(lab1, "panel_demo") == "16.0.1.0.0"
+    assert health(lab1) == {"status": "pass"}

@@ -59,11 +59,15 @@ class JobContext:
             raise JobCanceled("Canceled on request.")
 
     @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        """A named step with its duration recorded in the job's result; cancellation is checked before it."""
+    def step(self, name: str, *, cancelable: bool = True) -> Iterator[None]:
+        """A named step with its duration recorded in the job's result; cancellation is checked before it.
+
+        Recovery steps (a rollback after a failure or a cancel) pass ``cancelable=False``: they must finish.
+        """
         import time
 
-        self.check_cancel()
+        if cancelable:
+            self.check_cancel()
         self.write(f"▶ {name}")
         self.log.flush()
         started = time.monotonic()
