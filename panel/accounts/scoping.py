@@ -68,11 +68,35 @@ def for_user(model_or_queryset: type[M] | QuerySet[M], user: Any, action: str = 
 
 
 def get_for_user(model_or_queryset: type[M] | QuerySet[M], user: Any, action: str = Action.VIEW, **lookup: Any) -> M:
-    """One object the user may ``action``, or ``Http404`` (the same answer as for an object that does not exist)."""
+    """One object the user may ``action``, or ``Http404`` (the same answer as for an object that does not exist).
+
+    When the object exists but is out of the user's reach, a security event records the denied access.
+    """
     try:
         return for_user(model_or_queryset, user, action).get(**lookup)
     except (models.ObjectDoesNotExist, ValueError, TypeError) as exc:
+        record_denied(model_or_queryset, user, action, lookup)
         raise Http404("Not found.") from exc
+
+
+def record_denied(model_or_queryset: Any, user: Any, action: str, lookup: dict[str, Any]) -> None:
+    """Audit an attempt to reach an existing object outside the user's organizations or role."""
+    from panel.accounts.services import record
+
+    model = model_or_queryset.model if isinstance(model_or_queryset, QuerySet) else model_or_queryset
+    try:
+        target = model._default_manager.filter(**lookup).first()
+    except (ValueError, TypeError):
+        return
+    if target is None:
+        return
+    record(
+        action="access.denied",
+        actor=user,
+        obj=target,
+        security=True,
+        detail={"object": model._meta.model_name, "id": str(target.pk), "wanted": action},
+    )
 
 
 def can(user: Any, action: str, obj: models.Model) -> bool:
