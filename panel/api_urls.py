@@ -15,6 +15,7 @@ from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
+from deployments.api.views import DeploymentViewSet
 from panel.accounts.api.views import ApiTokenViewSet, OrganizationViewSet
 from panel.inventory.api.views import EnvironmentViewSet, ProjectViewSet, ServerViewSet
 from panel.jobs.api.views import JobViewSet
@@ -66,6 +67,7 @@ router.register("organizations", OrganizationViewSet, basename="organization")
 router.register("servers", ServerViewSet, basename="server")
 router.register("projects", ProjectViewSet, basename="project")
 router.register("environments", EnvironmentViewSet, basename="environment")
+router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("jobs", JobViewSet, basename="job")
 router.register("tokens", ApiTokenViewSet, basename="token")
 

@@ -124,6 +124,7 @@ def test_it_gives_customers_a_reduced_read_only_view(users: Any, inventory: Any,
             "kind": "production",
             "domain": "",
             "project": inventory["project_a"].pk,
+            "state": "deploying",  # the jobs fixture queued a deploy job there
         }
     ]
     job = carol.get(f"/api/v1/jobs/{jobs['env_a'].pk}/").json()

@@ -12,8 +12,11 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from deployments.webhooks import webhook_url
 from panel.accounts.api.serializers import (
     CustomerViewMixin,
     PanelModelSerializer,
@@ -25,11 +28,15 @@ from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory import services
 from panel.inventory.models import Environment, Project, Server
+from panel.jobs.choices import ACTIVE_STATES, JobKind
+from panel.jobs.models import Job
 from panel.remote import RemoteError
 from panel.remote.ssh import public_line_of
 from panel.validators import validate_env_name, validate_env_value, validate_name
 
 MAX_KEY_CHARS = 16_384
+MAX_KNOWN_HOSTS_CHARS = 65_536
+ENVIRONMENT_STATES = ["not deployed", "deploying", "running", "degraded"]
 MAX_LABELS = 20
 
 
@@ -161,13 +168,30 @@ class ConfirmHostKeySerializer(serializers.Serializer):  # type: ignore[type-arg
     fingerprint = serializers.CharField(max_length=80)
 
 
+def request_of(serializer: serializers.Field[Any, Any, Any, Any]) -> Any:
+    """The request the serializer works for, if any (absolute URLs are built from it)."""
+    return serializer.context.get("request")
+
+
+class WebhookSecretSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The new webhook secret, shown once, and the URL to configure with it."""
+
+    webhook_url = serializers.CharField()
+    webhook_secret = serializers.CharField(help_text="Shown once; stored encrypted. GitHub secret / GitLab token.")
+
+
 class ProjectSerializer(CustomerViewMixin, PanelModelSerializer):
-    """A Doodba project. Customers see only ``customer_fields``; the deploy key is write-only for everyone."""
+    """A Doodba project. Customers see only ``customer_fields``; the deploy key is write-only for everyone.
+
+    ``webhook_url`` is where GitHub/GitLab send pushes; the webhook secret is never part of this representation
+    (``POST /projects/{id}/webhook-secret/`` rotates it and shows the new value once).
+    """
 
     customer_fields = ("id", "name", "organization", "odoo_version")
 
     organization = ScopedRelatedField(Organization)
     deploy_key = key_field("Private key the server fetches the repository with; generated when left empty.")
+    webhook_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Project
@@ -181,10 +205,17 @@ class ProjectSerializer(CustomerViewMixin, PanelModelSerializer):
             "odoo_version",
             "deploy_key",
             "deploy_public_key",
+            "git_known_hosts",
+            "webhook_url",
             "created_at",
         ]
         read_only_fields = ["deploy_public_key", "created_at"]
+        extra_kwargs = {"git_known_hosts": {"max_length": MAX_KNOWN_HOSTS_CHARS}}
         create_only = ["organization", "slug"]
+
+    def get_webhook_url(self, project: Project) -> str:
+        """Where the git host sends push events (``/hooks/git/<webhook_id>/``)."""
+        return webhook_url(project, request_of(self))
 
     def create(self, validated_data: dict[str, Any]) -> Project:
         deploy_key = validated_data.pop("deploy_key", "")
@@ -206,6 +237,16 @@ class ProjectSerializer(CustomerViewMixin, PanelModelSerializer):
                 instance.deploy_public_key = public_line_of(deploy_key, f"doodba-panel-deploy@{instance.slug}")
                 record(action="project.deploy_key_replaced", actor=request_user(self), obj=instance)
             return save_changes(instance, validated_data, actor=request_user(self), action="project.updated")  # type: ignore[no-any-return]
+
+
+DEPLOY_KINDS = (JobKind.DEPLOY, JobKind.ROLLBACK)
+
+
+class CurrentDeploymentSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The deployment live on an environment: its id and commit."""
+
+    id = serializers.IntegerField()
+    commit = serializers.CharField()
 
 
 class SecretsField(serializers.DictField):  # type: ignore[type-arg]
@@ -239,12 +280,15 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
     ``project``, ``server`` and ``compose_project`` are fixed once created (moving an environment is a job).
     """
 
-    customer_fields = ("id", "name", "kind", "domain", "project")
+    customer_fields = ("id", "name", "kind", "domain", "project", "state")
 
     project = ScopedRelatedField(Project)
     server = ScopedRelatedField(Server)
     secrets = SecretsField(write_only=True, required=False, help_text="NAME → value; never returned.")
     secret_names = serializers.SerializerMethodField()
+    current_deployment = CurrentDeploymentSerializer(read_only=True, allow_null=True)
+    state = serializers.SerializerMethodField()
+    webhook_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Environment
@@ -266,9 +310,14 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
             "cpu_limit",
             "memory_limit",
             "backup_keep_daily",
+            "auto_deploy",
+            "degraded",
+            "current_deployment",
+            "state",
+            "webhook_url",
             "created_at",
         ]
-        read_only_fields = ["created_at"]
+        read_only_fields = ["degraded", "created_at"]
         extra_kwargs = {"compose_project": {"required": False}, "compose_files": {"required": False}}
         create_only = ["project", "server", "compose_project"]
         # Uniqueness is checked by full_clean in the service, once compose_project has its default.
@@ -280,6 +329,27 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
     def get_secret_names(self, environment: Environment) -> list[str]:
         """Names of the secret variables (their values are never returned)."""
         return sorted(environment.get_secrets())
+
+    @extend_schema_field(serializers.ChoiceField(choices=ENVIRONMENT_STATES))
+    def get_state(self, environment: Environment) -> str:
+        """not deployed, deploying (a deploy or rollback job is queued or running), running, or degraded."""
+        deploying = getattr(environment, "deploying", None)
+        if deploying is None:
+            deploying = Job.objects.filter(
+                environment=environment, kind__in=DEPLOY_KINDS, status__in=ACTIVE_STATES
+            ).exists()
+        if deploying:
+            return "deploying"
+        if environment.degraded:
+            return "degraded"
+        if environment.current_deployment_id is None:
+            return "not deployed"
+        return "running"
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_webhook_url(self, environment: Environment) -> str:
+        """The project's git webhook URL (pushes to ``git_ref`` deploy here when ``auto_deploy`` is on)."""
+        return webhook_url(environment.project, request_of(self))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Secret names must not shadow plain env var names."""

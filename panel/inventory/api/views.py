@@ -16,17 +16,22 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from deployments.api.views import EnvironmentDeployActions
+from deployments.webhooks import rotate_webhook_secret, webhook_url
 from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.api.views import Conflict, ScopedModelViewSet
 from panel.inventory import services
 from panel.inventory.api.serializers import (
+    DEPLOY_KINDS,
     ConfirmHostKeySerializer,
     EnvironmentSerializer,
     ProjectSerializer,
     ServerSerializer,
+    WebhookSecretSerializer,
 )
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
+from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
@@ -112,17 +117,32 @@ class ProjectViewSet(ScopedModelViewSet):
     def active_jobs(self, instance: Project) -> models.QuerySet[Job]:
         return Job.objects.filter(environment__project=instance)
 
+    @extend_schema(request=None, responses={200: WebhookSecretSerializer})
+    @action(detail=True, methods=["post"], url_path="webhook-secret")
+    def webhook_secret(self, request: Request, pk: str | None = None) -> Response:
+        """Rotate the git webhook secret and show the new one, once (the old one stops working at once)."""
+        project = self.get_object()
+        secret = rotate_webhook_secret(project=project, actor=request.user)
+        body = {"webhook_url": webhook_url(project, request), "webhook_secret": secret}
+        return Response(body, headers={"Cache-Control": "no-store"})
+
 
 @extend_schema_view(destroy=extend_schema(responses={204: None, 409: DetailSerializer}))
-class EnvironmentViewSet(ScopedModelViewSet):
-    """Environments of projects. Customers read id, name, kind, domain and project; staff all but secret values."""
+class EnvironmentViewSet(EnvironmentDeployActions, ScopedModelViewSet):
+    """Environments of projects. Customers read id, name, kind, domain, project and state; staff all but secret
+    values. ``deploy`` and ``promote`` come from ``deployments.api.views``."""
 
     model = Environment
     audit_name = "environment"
     serializer_class = EnvironmentSerializer
 
     def base_queryset(self) -> models.QuerySet[Environment]:
-        return Environment.objects.select_related("project")
+        deploying = Job.objects.filter(
+            environment=models.OuterRef("pk"), kind__in=DEPLOY_KINDS, status__in=ACTIVE_STATES
+        )
+        return Environment.objects.select_related("project", "current_deployment").annotate(
+            deploying=models.Exists(deploying)
+        )
 
     def active_jobs(self, instance: Environment) -> models.QuerySet[Job]:
         return Job.objects.filter(environment=instance)
