@@ -53,7 +53,7 @@ from django.test import Client  # noqa: E402
 from panel.accounts.models import Membership, Organization  # noqa: E402
 from panel.accounts.services import create_token  # noqa: E402
 from panel.inventory.services import confirm_host_key, create_environment, create_project, create_server  # noqa: E402
-from tests.lab.lab import ensure_up  # noqa: E402
+from tests.lab.lab import ensure_up, exclusive_use  # noqa: E402
 
 KEY = "panel-demo-16-0-prod"
 
@@ -135,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    lab = ensure_up()
+    lab = LAB
     host = lab.hosts["lab1"]
     host.docker("compose", "-p", KEY, "down", "-v", "--remove-orphans", timeout=300)
     subprocess.run(["rm", "-rf", str(host.home / "doodba-panel")], check=True)
@@ -226,4 +226,6 @@ def _job_seconds(job: dict) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    LAB = ensure_up()
+    with exclusive_use():  # other test sessions must not use lab1 while we measure
+        main()

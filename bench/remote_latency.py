@@ -28,7 +28,7 @@ django.setup()
 
 from panel.remote import run_capture  # noqa: E402
 from panel.remote.ssh import POOL  # noqa: E402
-from tests.lab.lab import ensure_up  # noqa: E402
+from tests.lab.lab import ensure_up, exclusive_use  # noqa: E402
 from tests.lab_helpers import lab_target  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
-    host = ensure_up().hosts["lab1"]
+    host = LAB.hosts["lab1"]
     command = ["docker", "ps", "--format", "{{.ID}}"]
 
     # Baseline: one multiplexed OpenSSH connection (ControlMaster), a new channel per call.
@@ -107,4 +107,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    LAB = ensure_up()
+    with exclusive_use():  # other test sessions must not use lab1 while we measure
+        main()

@@ -131,12 +131,17 @@ class ProjectForm(forms.ModelForm):
 
     class Meta:
         model = Project
-        fields = ["organization", "name", "slug", "git_url", "default_branch", "odoo_version"]
-        labels = {"git_url": "Git URL"}
+        fields = ["organization", "name", "slug", "git_url", "default_branch", "odoo_version", "git_known_hosts"]
+        labels = {"git_url": "Git URL", "git_known_hosts": "Git server host keys"}
         help_texts = {
             "slug": "Lowercase machine name, used in compose project names; cannot be changed later.",
             "git_url": "ssh://, https://, user@host:path, or an absolute path on the server.",
+            "git_known_hosts": (
+                "known_hosts lines of the git server, needed for ssh:// and user@host: URLs: the server checks the "
+                "git host's key against them (for example the output of ssh-keyscan, verified)."
+            ),
         }
+        widgets = {"git_known_hosts": forms.Textarea(attrs={"rows": 3, "spellcheck": "false"})}
 
     def __init__(self, *args: Any, organizations: QuerySet[Organization] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -183,15 +188,21 @@ class EnvironmentForm(forms.ModelForm):
             "cpu_limit",
             "memory_limit",
             "backup_keep_daily",
+            "auto_deploy",
         ]
         labels = {
             "git_ref": "Git branch, tag or commit",
             "cpu_limit": "CPU limit",
             "backup_keep_daily": "Daily backups kept",
+            "auto_deploy": "Deploy automatically on git push",
         }
         help_texts = {
             "cpu_limit": "Such as 1.5; blank for no limit.",
             "memory_limit": "Such as 4g; blank for no limit.",
+            "auto_deploy": (
+                "Off by default. When on, every push to this environment's branch (through the project's webhook) "
+                "deploys it. Keep it off for production: deploy production with the button or by promotion."
+            ),
         }
 
     def __init__(self, *args: Any, servers: QuerySet[Server], **kwargs: Any) -> None:

@@ -16,9 +16,9 @@ from django.db.models import ProtectedError, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from deployments.views import environment_context, environment_state, running_deployment
 from panel.accounts.choices import Action
 from panel.accounts.context import current_organization
 from panel.accounts.models import Organization
@@ -33,10 +33,10 @@ from panel.inventory.forms import (
     apply_validation_error,
 )
 from panel.inventory.models import Environment, Project, Server
-from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
+from panel.jobs.views import active_job, busy_message
 from panel.remote import RemoteError
 
 RECENT_JOBS = 10
@@ -64,22 +64,6 @@ def initial_organization(request: HttpRequest, organizations: QuerySet[Organizat
     if organization is not None and organizations.filter(pk=organization.pk).exists():
         return {"organization": organization}
     return {}
-
-
-def active_job(queryset: QuerySet[Job]) -> Job | None:
-    """The queued or running job of a target, if any."""
-    return queryset.filter(status__in=ACTIVE_STATES).first()
-
-
-def busy_message(exc: TargetBusy) -> str:
-    """A message linking to the job that holds the target."""
-    if exc.job is None:
-        return "Another job is already running on this target."
-    return format_html(
-        'Another job is already running on this target: <a href="{}">{}</a>.',
-        reverse("job_detail", args=[exc.job.pk]),
-        str(exc.job),
-    )
 
 
 # Servers ------------------------------------------------------------------------------------------------------------
@@ -288,10 +272,14 @@ def project_create(request: HttpRequest) -> HttpResponse:
 
 
 def environment_status(request: HttpRequest, environments: QuerySet[Environment]) -> list[dict[str, Any]]:
-    """Each environment with its latest job (what customers see as its status)."""
+    """Each environment with its deployment state and latest job (what customers see as its status)."""
     jobs = for_user(Job, request.user, Action.VIEW)
     return [
-        {"environment": environment, "latest_job": jobs.filter(environment=environment).first()}
+        {
+            "environment": environment,
+            "latest_job": jobs.filter(environment=environment).first(),
+            "state": environment_state(environment, running_deployment(environment)),
+        }
         for environment in environments
     ]
 
@@ -301,14 +289,22 @@ def environment_status(request: HttpRequest, environments: QuerySet[Environment]
 def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     """A project and its environments; repository and servers only for roles that see details."""
     project = get_for_user(Project, request.user, Action.VIEW, pk=project_id)
-    environments = for_user(Environment, request.user, Action.VIEW).filter(project=project).select_related("server")
+    environments = (
+        for_user(Environment, request.user, Action.VIEW)
+        .filter(project=project)
+        .select_related("server", "current_deployment")
+    )
+    show_details = can(request.user, Action.VIEW_DETAILS, project)
     return render(
         request,
         "inventory/project_detail.html",
         {
             "project": project,
             "environments": environment_status(request, environments),
-            "show_details": can(request.user, Action.VIEW_DETAILS, project),
+            "show_details": show_details,
+            "webhook_url": request.build_absolute_uri(reverse("git-webhook", args=[project.webhook_id]))
+            if show_details
+            else "",
             "may_change": can(request.user, Action.CHANGE, project),
         },
     )
@@ -391,9 +387,13 @@ def environment_create(request: HttpRequest, project_id: int) -> HttpResponse:
 def environment_detail(request: HttpRequest, environment_id: int) -> HttpResponse:
     """An environment's status; configuration (never secret values) only for roles that see details."""
     environment = get_for_user(
-        Environment.objects.select_related("project", "server"), request.user, Action.VIEW, pk=environment_id
+        Environment.objects.select_related("project", "server", "current_deployment__triggered_by"),
+        request.user,
+        Action.VIEW,
+        pk=environment_id,
     )
     show_details = can(request.user, Action.VIEW_DETAILS, environment)
+    may_change = can(request.user, Action.CHANGE, environment)
     jobs = for_user(Job, request.user, Action.VIEW_DETAILS if show_details else Action.VIEW).filter(
         environment=environment
     )
@@ -403,10 +403,11 @@ def environment_detail(request: HttpRequest, environment_id: int) -> HttpRespons
         {
             "environment": environment,
             "show_details": show_details,
-            "may_change": can(request.user, Action.CHANGE, environment),
+            "may_change": may_change,
             "latest_job": jobs.first(),
             "jobs": jobs[:RECENT_JOBS] if show_details else [],
             "secret_names": sorted(environment.get_secrets()) if show_details else [],
+            **environment_context(request, environment, show_details=show_details, may_change=may_change),
         },
     )
 

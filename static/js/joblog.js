@@ -4,7 +4,8 @@
  * says there are more), then open the job's websocket from that seq and append live lines. Lines are de-duplicated
  * by seq. A dropped socket reconnects with backoff, catching up over HTTP first. Status frames update every
  * [data-job-status] badge of the job; when a running job ends, a "joblog-finished" event fires on <body> (htmx
- * reloads the parts of the page that depend on the result).
+ * reloads the parts of the page that depend on the result). Steps frames redraw every [data-job-steps] list of the
+ * job: each step's name, state (succeeded, failed, running) and duration.
  *
  * Log text is untrusted: it is only ever inserted with textContent, never as HTML. ANSI colours (SGR 0, 1, 22,
  * 30-37, 39, 90-97) become spans with classes; other escape sequences are dropped.
@@ -93,6 +94,8 @@
       }
       if (frame.type === "lines") {
         self.append(frame.lines || []);
+      } else if (frame.type === "steps") {
+        renderSteps(self.jobId, frame.steps || []);
       } else if (frame.type === "status") {
         self.setStatus(frame.status, frame.reason);
       }
@@ -263,6 +266,41 @@
     span.className = classes.join(" ");
     span.textContent = text;
     parent.appendChild(span);
+  }
+
+  var STEP_STATES = ["running", "succeeded", "failed"];
+
+  function renderSteps(jobId, steps) {
+    var selector = '[data-job-steps="' + CSS.escape(jobId) + '"]';
+    document.querySelectorAll(selector).forEach(function (list) {
+      var fragment = document.createDocumentFragment();
+      steps.forEach(function (step) {
+        var status = STEP_STATES.indexOf(step.status) !== -1 ? step.status : "running";
+        var item = document.createElement("li");
+        item.className = "step step-" + status;
+        item.dataset.stepStatus = status;
+        var icon = document.createElement("span");
+        icon.className = "step-icon";
+        icon.setAttribute("aria-hidden", "true");
+        var name = document.createElement("span");
+        name.className = "step-name";
+        name.textContent = String(step.name || "");
+        var badge = document.createElement("span");
+        badge.className = "badge badge-" + status;
+        badge.textContent = status;
+        var seconds = document.createElement("span");
+        seconds.className = "muted small step-seconds";
+        if (typeof step.seconds === "number") {
+          seconds.textContent = step.seconds.toFixed(1) + " s";
+        }
+        item.append(icon, " ", name, " ", badge, " ", seconds);
+        fragment.appendChild(item);
+      });
+      list.replaceChildren(fragment);
+    });
+    document.querySelectorAll('[data-job-steps-empty="' + CSS.escape(jobId) + '"]').forEach(function (node) {
+      node.hidden = steps.length > 0;
+    });
   }
 
   function formatTime(iso) {
