@@ -75,7 +75,7 @@ P="docker compose --ansi never -p {key} -f $S/prod.yaml -f $S/docker-compose.pan
 docker compose --ansi never -p {key} -f $S/prod.yaml config --format json >/dev/null
 $P config --quiet
 $P build
-$P config --format json >/dev/null
+docker image inspect --format "{{{{.Id}}}}" {key}-odoo:$(echo $C | cut -c1-12) >/dev/null
 $P run --rm odoo click-odoo-update
 $P up -d --remove-orphans
 until $P exec -T odoo curl -fsS --max-time 5 http://localhost:8069/web/health | grep -q pass; do sleep 1; done
@@ -89,7 +89,7 @@ def free_port() -> int:
 
 
 def start(argv: list[str], name: str) -> subprocess.Popen[bytes]:
-    log = open(WORK / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
+    log = open(WORK / f"{name}.log", "wb")  # the process keeps it open
     return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -163,7 +163,9 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     python = sys.executable
     procs = [
-        start([python, "-m", "uvicorn", "panel.asgi:application", "--port", str(port), "--log-level", "warning"], "web"),
+        start(
+            [python, "-m", "uvicorn", "panel.asgi:application", "--port", str(port), "--log-level", "warning"], "web"
+        ),
         start([python, "-m", "celery", "-A", "panel", "worker", "-Q", "jobs", "-c", "1", "-l", "warning"], "worker"),
     ]
     try:

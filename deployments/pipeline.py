@@ -13,8 +13,10 @@ only shell scripts are constant strings that take their variable parts as positi
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,8 +38,15 @@ SECRET_FILE_BY_NAME = {
 }
 SECRET_FILE_BY_PREFIX = (("SMTP_", "smtp.env"), ("AWS_", "backup.env"), ("PASSPHRASE", "backup.env"))
 SERVICE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-WRITE_FILE_SCRIPT = 'umask 077 && mkdir -p -- "$(dirname -- "$1")" && cat > "$1.tmp" && mv -f -- "$1.tmp" "$1"'
-INIT_REPO_SCRIPT = 'test -d "$1/.git" || git init -q -- "$1"'
+PREPARE_SCRIPT = 'mkdir -p -- "$1" && { test -d "$2/.git" || git init -q -- "$2"; }'
+RESOLVE_SCRIPT = (
+    'd=$1; shift; for r in "$@"; do git -C "$d" rev-parse --verify --quiet "$r^{commit}" && exit 0; done; exit 1'
+)
+CHECKOUT_SCRIPT = 'git -C "$1" checkout --quiet --force --detach "$2" && git -C "$1" clean -ffdxq'
+DESCRIBE_SCRIPT = (
+    'git -C "$1" log -1 --format=%s "$2"; echo ---; '
+    'if [ -n "$3" ]; then git -C "$1" log --format="%H %s" -n 100 "$3..$2" || true; fi'
+)
 DB_STATE_SQL = "SELECT count(*) FROM pg_tables WHERE tablename = 'ir_module_module'"
 DB_NOT_READY = (
     "could not connect",
@@ -76,19 +85,28 @@ def compose_escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def image_ref(environment: Environment, service: str, deployment_id: int) -> str:
-    """The tag the panel gives a built image, so a rollback can start exactly the same image again."""
+def image_ref(environment: Environment, service: str, commit: str) -> str:
+    """The tag compose builds a service's image under: per commit, so redeploying a commit changes nothing."""
+    return f"{environment.compose_project}-{service}:{commit[:12]}"
+
+
+def pinned_image_ref(environment: Environment, service: str, deployment_id: int) -> str:
+    """A second tag per deployment, never moved, so a rollback starts exactly the image that deployment ran."""
     return f"{environment.compose_project}-{service}:panel-{deployment_id}"
 
 
 def render_override(
-    environment: Environment, deployment_id: int, services: Sequence[str], built: Sequence[str]
+    environment: Environment, commit: str, services: Sequence[str], built: Sequence[str]
 ) -> dict[str, Any]:
-    """The panel-managed compose override: image tags, Odoo workers and cron threads, limits, labels."""
-    labels = {"io.doodba-panel.environment": str(environment.pk), "io.doodba-panel.deployment": str(deployment_id)}
+    """The panel-managed compose override: image tags, Odoo workers and cron threads, limits, labels.
+
+    Nothing in it changes between two deploys of the same commit and settings, so such a redeploy recreates no
+    container.
+    """
+    labels = {"io.doodba-panel.environment": str(environment.pk)}
     rendered: dict[str, Any] = {name: {"labels": dict(labels)} for name in services}
     for name in built:
-        rendered[name]["image"] = image_ref(environment, name, deployment_id)
+        rendered[name]["image"] = image_ref(environment, name, commit)
     if "odoo" in rendered:
         odoo_env = {
             "WORKERS": str(environment.workers),
@@ -143,21 +161,27 @@ class Pipeline:
             argv += ["-f", path]
         return [*argv, *args]
 
-    def write_file(self, path: str, content: str) -> None:
-        """Write a file on the server with mode 0600 (atomically, through a temporary file)."""
+    def upload(self, files: dict[str, str]) -> None:
+        """Write files (paths relative to the deploy directory) with mode 0600, in one round trip (a tar stream)."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for name, content in files.items():
+                data = content.encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+                archive.addfile(info, io.BytesIO(data))
         code = run(
-            self.target, ["sh", "-c", WRITE_FILE_SCRIPT, "sh", path], on_output=self.context.log.output,
-            stdin=content.encode(), timeout=60,
+            self.target, ["tar", "-x", "-p", "-f", "-", "-C", self.root], on_output=self.context.log.output,
+            stdin=buffer.getvalue(), timeout=120,
         )  # fmt: skip
         if code != 0:
-            raise StepFailed(f"Could not write {path} on the server.")
+            raise StepFailed(f"Could not write {', '.join(sorted(files))} on the server.")
 
     # -- steps -------------------------------------------------------------------------------------
 
     def fetch(self, project: Project, ref: str) -> str:
         """Fetch the repository on the server and check out ``ref`` (branch, tag or commit); return the commit."""
-        self.run(["mkdir", "-p", "--", self.root], what="Creating the deploy directory")
-        self.run(["sh", "-c", INIT_REPO_SCRIPT, "sh", self.src], what="Preparing the git checkout")
+        self.run(["sh", "-c", PREPARE_SCRIPT, "sh", self.root, self.src], what="Preparing the git checkout")
         fetch = ["git", "-C", self.src, "fetch", "--force", "--prune", "--no-tags", "--", project.git_url,
                  "+refs/heads/*:refs/remotes/panel/*", "+refs/tags/*:refs/tags/*"]  # fmt: skip
         if self._needs_ssh(project.git_url):
@@ -167,30 +191,24 @@ class Pipeline:
         finally:
             if self._needs_ssh(project.git_url):
                 self.run(["rm", "-rf", "--", f"{self.root}/.panel"], what="Removing the deploy key")
-        commit = ""
-        for candidate in (f"refs/remotes/panel/{ref}", f"refs/tags/{ref}", ref):
-            found = self.capture(["git", "-C", self.src, "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"])
-            if found.ok and found.stdout.strip():
-                commit = found.stdout.strip()
-                break
+        candidates = [f"refs/remotes/panel/{ref}", f"refs/tags/{ref}", ref]
+        found = self.capture(["sh", "-c", RESOLVE_SCRIPT, "sh", self.src, *candidates])
+        commit = found.stdout.strip().splitlines()[0] if found.ok and found.stdout.strip() else ""
         if not re.fullmatch(r"[0-9a-f]{40}", commit):
             raise StepFailed(f"{ref!r} is not a branch, tag or commit of {project.git_url}.")
-        self.run(["git", "-C", self.src, "checkout", "--quiet", "--force", "--detach", commit], what="git checkout")
-        self.run(["git", "-C", self.src, "clean", "-ffdxq"], what="git clean")
+        self.run(["sh", "-c", CHECKOUT_SCRIPT, "sh", self.src, commit], what="git checkout")
         self.context.write(f"Checked out {commit[:12]} ({ref}).")
         return commit
 
-    def commit_subject(self, commit: str) -> str:
-        """The first line of a commit's message."""
-        result = self.capture(["git", "-C", self.src, "log", "-1", "--format=%s", commit])
-        return result.stdout.strip()[:200]
-
-    def commits_between(self, old: str, new: str) -> list[str]:
-        """``sha subject`` lines of the commits in ``new`` that ``old`` lacks (at most 100)."""
-        if not old or old == new:
-            return []
-        result = self.capture(["git", "-C", self.src, "log", "--format=%H %s", "-n", "100", f"{old}..{new}"])
-        return result.stdout.splitlines() if result.ok else []
+    def describe(self, commit: str, previous: str) -> tuple[str, list[str]]:
+        """A commit's subject, and the ``sha subject`` lines of the commits since ``previous`` (at most 100)."""
+        result = self.capture(
+            ["sh", "-c", DESCRIBE_SCRIPT, "sh", self.src, commit, previous if previous != commit else ""]
+        )
+        lines = result.stdout.split("\n")
+        marker = lines.index("---") if "---" in lines else len(lines)
+        subject = " ".join(lines[:marker]).strip()[:200]
+        return subject, [line for line in lines[marker + 1 :] if line.strip()]
 
     def _needs_ssh(self, url: str) -> bool:
         return url.startswith("ssh://") or (not url.startswith(("https://", "/")) and "@" in url)
@@ -203,8 +221,12 @@ class Pipeline:
             )
         if not project.deploy_key:
             raise StepFailed("The project has no deploy key: generate one and add it to the git repository.")
-        self.write_file(f"{self.root}/.panel/deploy_key", project.deploy_key.rstrip("\n") + "\n")
-        self.write_file(f"{self.root}/.panel/known_hosts", project.git_known_hosts.rstrip("\n") + "\n")
+        self.upload(
+            {
+                ".panel/deploy_key": project.deploy_key.rstrip("\n") + "\n",
+                ".panel/known_hosts": project.git_known_hosts.rstrip("\n") + "\n",
+            }
+        )
         base = f'"$HOME/{self.root}/.panel'
         ssh = (
             f'ssh -F /dev/null -i {base}/deploy_key" -o IdentitiesOnly=yes -o BatchMode=yes '
@@ -217,8 +239,7 @@ class Pipeline:
         by_file: dict[str, dict[str, str]] = {name: {} for name in ENV_FILES}
         for name, value in secrets.items():
             by_file[secret_file_for(name)][name] = value
-        for filename, values in by_file.items():
-            self.write_file(f"{self.src}/.docker/{filename}", env_file_text(values))
+        self.upload({f"src/.docker/{filename}": env_file_text(values) for filename, values in by_file.items()})
         self.context.write(
             f"Wrote {len(ENV_FILES)} secret files in .docker/ (mode 0600): {', '.join(sorted(secrets))}."
         )
@@ -242,7 +263,7 @@ class Pipeline:
 
     def write_override(self, override: dict[str, Any]) -> None:
         """Write the panel override (JSON is YAML) and check the combined configuration."""
-        self.write_file(f"{self.src}/{OVERRIDE_FILE}", json.dumps(override, indent=2, sort_keys=True) + "\n")
+        self.upload({f"src/{OVERRIDE_FILE}": json.dumps(override, indent=2, sort_keys=True) + "\n"})
         check = self.capture(self.compose("config", "--quiet"))
         if not check.ok:
             raise StepFailed(f"The compose configuration with the panel's override is not valid: {check.stderr[-500:]}")
@@ -252,15 +273,27 @@ class Pipeline:
         args = ["build", "--pull"] if settings.DEPLOY_BUILD_PULL else ["build"]
         self.run(self.compose(*args), what="Building the images", timeout=settings.DEPLOY_BUILD_TIMEOUT)
 
+    def pin_images(self, built: Sequence[str], override: dict[str, Any]) -> dict[str, str]:
+        """Tag each built image with the deployment's own tag; return service → pinned reference."""
+        pinned = {}
+        for service in built:
+            ref = pinned_image_ref(self.environment, service, self.deployment_id)
+            self.run(
+                ["docker", "tag", override["services"][service]["image"], ref], what=f"Tagging the {service} image"
+            )
+            pinned[service] = ref
+        return pinned
+
     def image_ids(self, images: dict[str, str]) -> dict[str, dict[str, str]]:
-        """Resolve the image of each service to its id."""
-        recorded: dict[str, dict[str, str]] = {}
-        for service, ref in sorted(images.items()):
-            if not ref:
-                continue
-            found = self.capture(["docker", "image", "inspect", "--format", "{{.Id}}", "--", ref])
-            recorded[service] = {"ref": ref, "id": found.stdout.strip() if found.ok else ""}
-        return recorded
+        """Resolve the image of each service to its id (one ``docker image inspect`` for all)."""
+        refs = {service: ref for service, ref in sorted(images.items()) if ref}
+        found = self.capture(["docker", "image", "inspect", "--format", "{{.Id}}", "--", *refs.values()])
+        ids = found.stdout.split() if found.ok else []
+        if len(ids) != len(refs):
+            ids = [""] * len(refs)
+        return {
+            service: {"ref": ref, "id": image_id} for (service, ref), image_id in zip(refs.items(), ids, strict=True)
+        }
 
     def require_images(self, images: dict[str, dict[str, str]]) -> None:
         """Fail if an image of an earlier deployment is gone (pruned)."""

@@ -6,6 +6,7 @@ index on queued/running jobs), so a second request raises ``TargetBusy`` with th
 
 from __future__ import annotations
 
+import copy
 import secrets as random_secrets
 from typing import Any
 
@@ -188,12 +189,21 @@ def _put_in_place(
         pipeline.fetch(environment.project, source.commit)
     with context.step(f"{prefix}Write configuration", cancelable=cancelable):
         pipeline.write_secrets(_ensure_secrets(environment))
-        pipeline.write_override(source.config["override"])
         pipeline.require_images(source.images)
+        pipeline.write_override(_override_with_pinned_images(source))
     with context.step(f"{prefix}Start", cancelable=cancelable):
         pipeline.start(build=False)
     with context.step(f"{prefix}Wait until healthy", cancelable=cancelable):
         pipeline.wait_healthy()
+
+
+def _override_with_pinned_images(source: Deployment) -> dict[str, Any]:
+    """An earlier deployment's override, its built services pointing at the images pinned for it."""
+    override = copy.deepcopy(source.config["override"])
+    for service, settings in override["services"].items():
+        if "image" in settings and service in source.images:
+            settings["image"] = source.images[service]["ref"]
+    return override
 
 
 def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment, first_deploy: bool) -> None:
@@ -201,22 +211,21 @@ def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment,
     with context.step("Fetch code"):
         commit = pipeline.fetch(environment.project, deployment.ref)
         deployment.commit = commit
-        deployment.commit_subject = pipeline.commit_subject(commit)
         previous = deployment.previous.commit if deployment.previous else ""
-        deployment.changes = {"commits": pipeline.commits_between(previous, commit)}
+        deployment.commit_subject, commits = pipeline.describe(commit, previous)
+        deployment.changes = {"commits": commits}
         deployment.save(update_fields=["commit", "commit_subject", "changes"])
     with context.step("Write configuration"):
         secrets = _ensure_secrets(environment)
         pipeline.write_secrets(secrets)
-        services, built, _ = pipeline.compose_services()
-        override = render_override(environment, deployment.pk, services, built)
+        services, built, images = pipeline.compose_services()
+        override = render_override(environment, commit, services, built)
         pipeline.write_override(override)
         deployment.config = _config_snapshot(environment, override, secrets)
         deployment.save(update_fields=["config"])
     with context.step("Build images"):
         pipeline.build()
-        _, _, images = pipeline.compose_services()
-        images.update({name: override["services"][name]["image"] for name in built})
+        images.update(pipeline.pin_images(built, override))
         deployment.images = pipeline.image_ids(images)
         deployment.save(update_fields=["images"])
     with context.step("Update database"):
