@@ -77,6 +77,13 @@ def server_list(request: HttpRequest) -> HttpResponse:
     return render(request, "inventory/server_list.html", {"servers": servers.select_related("organization")})
 
 
+def save_audited(form: Any, request: HttpRequest, action: str) -> None:
+    """Save a model form and record who changed which fields, in one transaction."""
+    with transaction.atomic():
+        instance = form.save()
+        record(action=action, actor=request.user, obj=instance, request=request, detail={"fields": form.changed_data})
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
 def server_create(request: HttpRequest) -> HttpResponse:
@@ -193,15 +200,7 @@ def server_edit(request: HttpRequest, server_id: int) -> HttpResponse:
     server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
     form = ServerEditForm(request.POST if request.method == "POST" else None, instance=server)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            form.save()
-            record(
-                action="server.updated",
-                actor=request.user,
-                obj=server,
-                request=request,
-                detail={"fields": form.changed_data},
-            )
+        save_audited(form, request, "server.updated")
         messages.success(request, "Server saved.")
         return redirect("server_detail", server_id=server.pk)
     return render(request, "inventory/server_form.html", {"form": form, "server": server, "creating": False})
@@ -317,15 +316,7 @@ def project_edit(request: HttpRequest, project_id: int) -> HttpResponse:
     project = get_for_user(Project, request.user, Action.CHANGE, pk=project_id)
     form = ProjectForm(request.POST if request.method == "POST" else None, instance=project)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            form.save()
-            record(
-                action="project.updated",
-                actor=request.user,
-                obj=project,
-                request=request,
-                detail={"fields": form.changed_data},
-            )
+        save_audited(form, request, "project.updated")
         messages.success(request, "Project saved.")
         return redirect("project_detail", project_id=project.pk)
     return render(request, "inventory/project_form.html", {"form": form, "project": project, "creating": False})
@@ -424,15 +415,7 @@ def environment_edit(request: HttpRequest, environment_id: int) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         try:
-            with transaction.atomic():
-                form.save()
-                record(
-                    action="environment.updated",
-                    actor=request.user,
-                    obj=environment,
-                    request=request,
-                    detail={"fields": form.changed_data},
-                )
+            save_audited(form, request, "environment.updated")
         except ValidationError as exc:
             apply_validation_error(form, exc)
         else:
