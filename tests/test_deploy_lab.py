@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from deployments.models import Deployment
-from deployments.services import start_deploy
+from deployments.services import start_deploy, start_rollback
 from monitoring.models import Event
 from panel.jobs.services import request_cancel
 from tests.deploy_fixtures import COMPOSE, KEY, MANIFEST, deploy, health, installed_version, log_text
@@ -178,4 +178,48 @@ def test_it_cancels_a_running_deploy_at_a_step_boundary(deploy_env, lab1, lab_sa
     assert job.status == "canceled"
     assert f"Rolled back to deployment #{first.pk}" in job.reason
     assert installed_version(lab1, "panel_demo") == "16.0.1.0.0"
+    assert health(lab1) == {"status": "pass"}
+
+
+def test_it_rolls_back_to_an_earlier_deployment_on_request(deploy_env, lab1, lab_sample, users) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    bump_manifest(lab_sample, "16.0.1.1.0")
+    second = deploy(deploy_env, users["alice"])
+    assert second.job.status == "succeeded", second.job.reason
+    rollback = start_rollback(deployment=first, actor=users["alice"])
+    wait_job(rollback.job, timeout=300)
+    rollback.refresh_from_db()
+    rollback.job.refresh_from_db()
+    assert rollback.job.status == "succeeded", rollback.job.reason
+    assert rollback.kind == "rollback" and rollback.commit == first.commit and rollback.source_id == first.pk
+    assert rollback.job.result["steps"][0]["name"] == f"Check out {first.short_commit}"
+    running = lab1.docker("inspect", "--format", "{{.Config.Image}}", f"{KEY}-odoo-1", check=True).stdout.strip()
+    assert running == first.images["odoo"]["ref"]
+    deploy_env.refresh_from_db()
+    assert deploy_env.current_deployment_id == first.pk
+    assert health(lab1) == {"status": "pass"}
+
+
+def test_it_marks_the_environment_degraded_when_the_rollback_fails_too(deploy_env, lab1, lab_sample, users) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    # The first deployment's pinned image disappears (pruned), so it cannot be put back.
+    lab1.docker("rmi", first.images["odoo"]["ref"], check=True)
+    dockerfile = lab_sample.sample_file("odoo/Dockerfile") + "RUN exit 4\n"
+    lab_sample.commit_to_sample({"odoo/Dockerfile": dockerfile}, "break the build")
+    second = deploy(deploy_env, users["alice"])
+    assert second.job.status == "failed"
+    assert "The automatic rollback to deployment" in second.job.reason and "failed too" in second.job.reason
+    assert "is no longer on the server" in second.job.reason
+    assert "degraded" in second.job.reason
+    assert second.status == "degraded"
+    deploy_env.refresh_from_db()
+    assert deploy_env.degraded
+    assert Event.objects.filter(deployment=second, kind="deploy.degraded", severity="critical").exists()
+    # A good deploy clears it.
+    third = deploy(deploy_env, users["alice"], ref=lab_sample.sample_initial_sha)
+    assert third.job.status == "succeeded", third.job.reason
+    deploy_env.refresh_from_db()
+    assert not deploy_env.degraded and deploy_env.current_deployment_id == third.pk
     assert health(lab1) == {"status": "pass"}
