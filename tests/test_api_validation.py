@@ -225,7 +225,7 @@ def test_it_validates_updates_too(alice: APIClient, inventory: Any) -> None:
     assert env.git_ref == "main"
     # Fixed once created: host and port belong to the pinned host key.
     response = alice.patch(f"/api/v1/servers/{inventory['server_a'].pk}/", {"host": "evil.example"}, format="json")
-    assert response.status_code == 200
+    assert response.status_code == 400
     inventory["server_a"].refresh_from_db()
     assert inventory["server_a"].host == "127.0.0.99"
 
@@ -248,3 +248,24 @@ def test_it_refuses_duplicates_with_400(alice: APIClient, inventory: Any) -> Non
     assert response.status_code == 400, response.content
     other.refresh_from_db()
     assert other.name == "alpha-2"
+
+
+def test_it_refuses_changes_to_fields_fixed_at_creation(users, inventory) -> None:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(users["alice"])
+    server = inventory["server_a"]
+    response = client.patch(f"/api/v1/servers/{server.pk}/", {"host": "127.0.0.98"}, format="json")
+    assert response.status_code == 400
+    assert "cannot be changed after creation" in response.json()["host"][0]
+    server.refresh_from_db()
+    assert server.host == "127.0.0.99"
+    # The same value again is not a change.
+    response = client.patch(
+        f"/api/v1/servers/{server.pk}/", {"host": "127.0.0.99", "name": "alpha-renamed"}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    env = inventory["env_a"]
+    response = client.patch(f"/api/v1/environments/{env.pk}/", {"compose_project": "other-key"}, format="json")
+    assert response.status_code == 400 and "compose_project" in response.json()

@@ -80,10 +80,28 @@ class PanelModelSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         fields = super().get_fields()
-        if self.instance is not None and not isinstance(self.instance, (list, models.QuerySet)):
+        if self._updating():
             for name in getattr(self.Meta, "create_only", ()):
                 fields[name].read_only = True
         return fields
+
+    def to_internal_value(self, data: Any) -> Any:
+        """Refuse (400) a change to a create-only field rather than ignoring it silently."""
+        if self._updating() and hasattr(data, "get"):
+            errors = {}
+            for name in getattr(self.Meta, "create_only", ()):
+                if name in data and str(data.get(name)) != str(self._current(name)):
+                    errors[name] = ["This field cannot be changed after creation."]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+    def _updating(self) -> bool:
+        return self.instance is not None and not isinstance(self.instance, (list, models.QuerySet))
+
+    def _current(self, name: str) -> Any:
+        field = self.Meta.model._meta.get_field(name)
+        return getattr(self.instance, field.attname)
 
 
 class CustomerViewMixin:
