@@ -1,4 +1,4 @@
-"""Organizations, memberships, the audit log and API tokens."""
+"""Organizations, memberships, invitations, the audit log and API tokens."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ class Membership(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
     created_at = models.DateTimeField(default=timezone.now)
+
+    # Memberships are seen and changed only by those who administer the organization (members page, API).
+    scope_organization = "organization"
+    scope_min_action = "admin"
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "organization"], name="one_membership_per_org")]
@@ -98,3 +102,52 @@ class ApiToken(models.Model):
     def is_usable(self) -> bool:
         """Not revoked and not expired."""
         return self.revoked_at is None and self.expires_at > timezone.now()
+
+
+class Invitation(models.Model):
+    """A single-use link that gives its holder a role in an organization.
+
+    Only a SHA-256 of the random token is stored; the plain token appears once, in the link shown to the inviter.
+    An invitation is usable while it is neither accepted nor revoked nor expired; accepting it is one conditional
+    ``UPDATE`` (see ``services.accept_invitation``), so a second use or a concurrent one finds nothing to claim.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    scope_organization = "organization"
+    scope_min_action = "admin"
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.email} as {self.role}"
+
+    @property
+    def status(self) -> str:
+        """pending, accepted, revoked or expired."""
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "pending"
+
+    @property
+    def is_usable(self) -> bool:
+        """Neither accepted, revoked nor expired."""
+        return self.status == "pending"

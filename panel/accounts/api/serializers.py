@@ -100,7 +100,7 @@ class PanelModelSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
         return self.instance is not None and not isinstance(self.instance, (list, models.QuerySet))
 
     def _current(self, name: str) -> Any:
-        field = type(self.instance)._meta.get_field(name)
+        field = self.instance._meta.get_field(name)  # type: ignore[union-attr]
         return getattr(self.instance, field.attname)
 
 
