@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from panel.inventory.models import Environment, Project
 from panel.jobs.runner import JobContext, JobFailed
 from panel.remote import CommandResult, RemoteError, Target, run, run_capture
 from panel.remote.docker import docker_client
+from panel.validators import check_git_url_policy
 
 OVERRIDE_FILE = "docker-compose.panel.yaml"
 ENV_FILES = ("odoo.env", "db-access.env", "db-creation.env", "smtp.env", "backup.env")
@@ -181,6 +183,11 @@ class Pipeline:
 
     def fetch(self, project: Project, ref: str) -> str:
         """Fetch the repository on the server and check out ``ref`` (branch, tag or commit); return the commit."""
+        try:
+            # Checked again at each deploy: a name may resolve elsewhere today than when the project was saved.
+            check_git_url_policy(project.git_url)
+        except ValidationError as exc:
+            raise StepFailed(" ".join(exc.messages)) from exc
         self.run(["sh", "-c", PREPARE_SCRIPT, "sh", self.root, self.src], what="Preparing the git checkout")
         fetch = ["git", "-C", self.src, "fetch", "--force", "--prune", "--no-tags", "--", project.git_url,
                  "+refs/heads/*:refs/remotes/panel/*", "+refs/tags/*:refs/tags/*"]  # fmt: skip

@@ -161,6 +161,9 @@ SSH_IDLE_OUTPUT_TIMEOUT = envfloat("SSH_IDLE_OUTPUT_TIMEOUT", 300.0)
 SSH_KEEPALIVE_INTERVAL = envint("SSH_KEEPALIVE_INTERVAL", 15, minimum=0)
 SSH_MAX_CHANNELS = envint("SSH_MAX_CHANNELS", 8, minimum=1)
 
+# Refuse git remotes on loopback/private/link-local addresses or on the server's disk (SSRF policy).
+PANEL_BLOCK_PRIVATE_GIT_HOSTS = envbool("PANEL_BLOCK_PRIVATE_GIT_HOSTS", False)
+
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")
 DEPLOY_BUILD_TIMEOUT = envfloat("DEPLOY_BUILD_TIMEOUT", 3600.0)

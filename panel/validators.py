@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 
@@ -76,6 +78,45 @@ def validate_git_url(value: str) -> None:
         _fail("This git URL is not allowed.")
     if not (GIT_URL_RE.fullmatch(value) or GIT_SCP_RE.fullmatch(value) or GIT_PATH_RE.fullmatch(value)):
         _fail("Enter an ssh://, https:// or user@host:path git URL, or an absolute path on the server.")
+    check_git_url_policy(value)
+
+
+def git_url_host(value: str) -> str | None:
+    """The host part of a git URL (None for a path on the server)."""
+    if value.startswith("/"):
+        return None
+    if "://" in value:
+        return urlsplit(value).hostname or ""
+    return value.split("@", 1)[1].split(":", 1)[0]
+
+
+def check_git_url_policy(value: str) -> None:
+    """With ``PANEL_BLOCK_PRIVATE_GIT_HOSTS``, refuse git remotes on the server's own disk or on addresses that
+    resolve to loopback, private, link-local (cloud metadata) or reserved networks (SSRF from the servers)."""
+    from django.conf import settings
+
+    if not getattr(settings, "PANEL_BLOCK_PRIVATE_GIT_HOSTS", False):
+        return
+    host = git_url_host(value)
+    if host is None:
+        _fail("Git repositories on the server's own disk are not allowed here.")
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        _fail(f"The git host {host} cannot be resolved.")
+        return
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if (
+            ip.is_loopback
+            or ip.is_private
+            or ip.is_link_local
+            or ip.is_reserved
+            or ip.is_multicast
+            or ip.is_unspecified
+        ):
+            _fail(f"The git host {host} resolves to {ip}, a loopback, private or link-local address; not allowed here.")
 
 
 def validate_git_ref(value: str) -> None:
