@@ -107,7 +107,7 @@ def check_git_url_policy(value: str) -> None:
         _fail(f"The git host {host} cannot be resolved.")
         return
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
         if (
             ip.is_loopback
             or ip.is_private
