@@ -195,6 +195,28 @@ def jobs_worker(_jobs_worker_session: ManagedProcess, transactional_db: Any) -> 
     return proc
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright (no downloaded browser, no outside traffic)."""
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+            # ORM calls made while Playwright's loop ran used their own connections: close them, or the test
+            # database cannot be dropped at the end of the session.
+            connections.close_all()
+
+
 @pytest.fixture
 def make_user(django_user_model: Any) -> Any:
     """Create a user with a role in an organization."""

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,11 +16,10 @@ import pytest
 # Playwright's sync API runs an event loop in this thread; Django's ORM refuses to run in one unless told.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.conftest import PASSWORD
 
-CHROMIUM = "/usr/bin/chromium"
 TERMINAL = ("succeeded", "failed", "canceled", "interrupted")
 
 # Records, in the page, each log line's arrival together with the job status shown at that moment.
@@ -38,18 +36,6 @@ new MutationObserver(() => {
   }
 }).observe(document, {subtree: true, childList: true, characterData: true});
 """
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

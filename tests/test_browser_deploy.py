@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,11 +14,10 @@ import pytest
 # Playwright's sync API runs an event loop in this thread; Django's ORM refuses to run in one unless told.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.conftest import PASSWORD
 
-CHROMIUM = "/usr/bin/chromium"
 TERMINAL = ("succeeded", "failed", "canceled", "interrupted")
 
 # Records, in the page, every change of the steps list and each log line's arrival, with the job status shown then.
@@ -43,18 +41,6 @@ new MutationObserver(() => {
   }
 }).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
 """
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def log_in(page: Page, base_url: str, username: str) -> None:
