@@ -16,7 +16,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import SimpleRouter
 
 from deployments.api.views import DeploymentViewSet
-from panel.accounts.api.views import ApiTokenViewSet, OrganizationViewSet
+from panel.accounts.api.views import ApiTokenViewSet, InvitationViewSet, OrganizationViewSet
 from panel.inventory.api.views import EnvironmentViewSet, ProjectViewSet, ServerViewSet
 from panel.jobs.api.views import JobViewSet
 
@@ -70,6 +70,7 @@ router.register("environments", EnvironmentViewSet, basename="environment")
 router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("jobs", JobViewSet, basename="job")
 router.register("tokens", ApiTokenViewSet, basename="token")
+router.register("invitations", InvitationViewSet, basename="invitation")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -1,4 +1,4 @@
-"""Forms of the accounts pages: login with lockout, API tokens."""
+"""Forms of the accounts pages: login with lockout, API tokens, organizations, members and invitations."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 
-from panel.accounts.choices import TokenScope
+from panel.accounts.choices import Role, TokenScope
+from panel.accounts.models import Organization
 from panel.accounts.services import client_ip, login_is_locked, record_failed_login
-from panel.validators import validate_name
+from panel.validators import validate_name, validate_slug
 
 LOCKED_MESSAGE = "Too many failed attempts; try again later."
 
@@ -53,3 +55,62 @@ class ApiTokenForm(forms.Form):
         initial=settings.API_TOKEN_DEFAULT_DAYS,
         help_text=f"At most {settings.API_TOKEN_MAX_DAYS} days.",
     )
+
+
+class OrganizationCreateForm(forms.Form):
+    """A new customer organization: a display name, a slug, and the provider (owned by the user) managing it."""
+
+    name = forms.CharField(max_length=63, validators=[validate_name], strip=False)
+    slug = forms.CharField(
+        max_length=63,
+        validators=[validate_slug],
+        strip=False,
+        help_text="Lowercase letters, digits, '-' and '_'; it cannot be changed later.",
+    )
+    managed_by = forms.ModelChoiceField(queryset=Organization.objects.none(), label="Managed by", empty_label=None)
+
+    def __init__(self, *args: Any, providers: QuerySet[Organization], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["managed_by"]
+        assert isinstance(field, forms.ModelChoiceField)
+        field.queryset = providers
+
+
+class OrganizationRenameForm(forms.Form):
+    """A new display name for an organization."""
+
+    name = forms.CharField(max_length=63, validators=[validate_name], strip=False)
+
+
+class InvitationForm(forms.Form):
+    """Invite someone: an email address (for the record; the panel sends no mail) and the role to grant."""
+
+    email = forms.EmailField()
+    role = forms.ChoiceField(
+        choices=Role.choices,
+        help_text="Owners and operators may change compose files and env vars (root on the servers).",
+    )
+
+
+class RoleForm(forms.Form):
+    """A member's new role."""
+
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class InvitationSignupForm(UserCreationForm):  # type: ignore[type-arg]
+    """A new account for the holder of an invitation: a user name and a password (Django's validators)."""
+
+    def __init__(self, *args: Any, email: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The similarity validator compares the password with the account's email too.
+        self.instance.email = email
+
+
+def apply_validation_error(form: forms.BaseForm, error: ValidationError) -> None:
+    """Show a model ``ValidationError`` on the form: on its field when the form has it, else above the form."""
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error)

@@ -1,4 +1,5 @@
-"""Domain actions of tenancy: audit, login lockout, API tokens, first-run bootstrap."""
+"""Domain actions of tenancy: audit, login lockout, API tokens, first-run bootstrap, organizations, members and
+invitations."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from panel.accounts.choices import Role, TokenScope
-from panel.accounts.models import ApiToken, AuditEvent, Membership, Organization
+from panel.accounts.choices import Action, Role, TokenScope
+from panel.accounts.models import ApiToken, AuditEvent, Invitation, Membership, Organization
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +161,277 @@ def bootstrap_admin(*, username: str = "admin", organization_name: str = "Hostin
     Membership.objects.create(user=user, organization=organization, role=Role.OWNER)
     record(action="install.bootstrapped", actor=user, obj=organization)
     return user, password
+
+
+# Organizations, members and invitations ------------------------------------------------------------------------------
+#
+# Who may do what (the views reach every object through ``scoping``; these functions check again):
+#
+# - Creating an organization: an owner of a *provider* (an organization managed by nobody) creates a customer
+#   organization managed by it. The hierarchy stays two levels deep: a customer organization manages nothing, so
+#   staff roles inside it never carry over anywhere else.
+# - Renaming, members, invitations: ``Action.ADMIN`` on the organization, i.e. its owners and the owners of its
+#   provider. The slug never changes (it names things on servers).
+# - Roles: an administrator may grant any role in that organization, never more: a membership only ever concerns
+#   one organization, so a customer organization's owner or operator has no role over the provider or its other
+#   customers (structural, not a rule to forget). Granting owner or operator in a customer organization lets that
+#   person change compose files and env vars of its environments, i.e. run code as root on their servers: the
+#   pages default to ``customer`` there and say so.
+# - An organization that has an owner always keeps at least one: the last owner can be neither removed nor demoted.
+
+ROLE_RANK: dict[str, int] = {Role.CUSTOMER: 0, Role.VIEWER: 1, Role.OPERATOR: 2, Role.OWNER: 3}
+
+
+class InvitationInvalid(Exception):
+    """The invitation is unknown, expired, revoked or already used (the caller learns nothing more)."""
+
+
+class LastOwner(Exception):
+    """The change would leave an organization that has owners without any."""
+
+
+def _require_admin(actor: Any, organization: Organization) -> None:
+    from panel.accounts.scoping import organization_ids
+
+    if organization.pk not in organization_ids(actor, Action.ADMIN):
+        raise PermissionDenied("You do not administer this organization.")
+
+
+def provider_organizations(actor: Any) -> models.QuerySet[Organization]:
+    """Providers (organizations managed by nobody) the actor owns: where they may create customer organizations."""
+    from panel.accounts.scoping import for_user
+
+    return for_user(Organization, actor, Action.ADMIN).filter(managed_by__isnull=True)
+
+
+def create_organization(
+    *, actor: Any, name: str, slug: str, managed_by: Organization, request: HttpRequest | None = None
+) -> Organization:
+    """Create a customer organization managed by ``managed_by``, a provider the actor owns.
+
+    Raises ``PermissionDenied`` otherwise, ``ValidationError`` for a bad or taken name or slug.
+    """
+    if not provider_organizations(actor).filter(pk=managed_by.pk).exists():
+        raise PermissionDenied("Only an owner of a provider organization may create customer organizations.")
+    organization = Organization(name=name, slug=slug, managed_by=managed_by)
+    organization.full_clean()
+    with transaction.atomic():
+        organization.save()
+        record(
+            action="organization.created",
+            actor=actor,
+            obj=organization,
+            request=request,
+            detail={"name": name, "slug": slug, "managed_by": managed_by.pk},
+        )
+    return organization
+
+
+def rename_organization(
+    *, actor: Any, organization: Organization, name: str, request: HttpRequest | None = None
+) -> Organization:
+    """Give an organization the actor administers a new display name (its slug stays)."""
+    _require_admin(actor, organization)
+    old = organization.name
+    organization.name = name
+    organization.full_clean()
+    with transaction.atomic():
+        organization.save(update_fields=["name"])
+        record(
+            action="organization.renamed",
+            actor=actor,
+            obj=organization,
+            request=request,
+            detail={"from": old, "to": name},
+        )
+    return organization
+
+
+def _lock_owners(organization: Organization) -> list[int]:
+    """Lock the organization's row and return its owners' membership ids (serializes owner changes)."""
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+    return list(
+        Membership.objects.filter(organization=organization, role=Role.OWNER)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def change_role(*, actor: Any, membership: Membership, role: str, request: HttpRequest | None = None) -> Membership:
+    """Give a member another role; the last owner cannot be demoted (not even by themself)."""
+    role = Role(role)
+    organization = membership.organization
+    _require_admin(actor, organization)
+    with transaction.atomic():
+        owners = _lock_owners(organization)
+        current = Membership.objects.select_for_update().get(pk=membership.pk)
+        if current.role == role:
+            return current
+        if current.role == Role.OWNER and owners == [current.pk]:
+            raise LastOwner(f"{current.user} is the last owner of {organization}; make someone else owner first.")
+        old = current.role
+        current.role = role
+        current.save(update_fields=["role"])
+        record(
+            action="membership.role_changed",
+            actor=actor,
+            obj=current,
+            request=request,
+            detail={"user": current.user.get_username(), "from": old, "to": role},
+        )
+    return current
+
+
+def remove_member(*, actor: Any, membership: Membership, request: HttpRequest | None = None) -> None:
+    """Take a member out of an organization; never its last owner."""
+    organization = membership.organization
+    _require_admin(actor, organization)
+    with transaction.atomic():
+        owners = _lock_owners(organization)
+        current = Membership.objects.select_for_update().filter(pk=membership.pk).first()
+        if current is None:
+            return
+        if current.role == Role.OWNER and owners == [current.pk]:
+            raise LastOwner(f"{current.user} is the last owner of {organization}; make someone else owner first.")
+        record(
+            action="membership.removed",
+            actor=actor,
+            obj=current,
+            organization=organization,
+            request=request,
+            detail={"user": current.user.get_username(), "role": current.role},
+        )
+        current.delete()
+
+
+def create_invitation(
+    *, actor: Any, organization: Organization, email: str, role: str, request: HttpRequest | None = None
+) -> tuple[Invitation, str]:
+    """Invite someone by email and role; returns the invitation and its plain token (shown once, stored hashed).
+
+    The panel sends no mail: the inviter passes the link on. It is valid for ``INVITATION_DAYS`` and only once.
+    """
+    _require_admin(actor, organization)
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation(
+        organization=organization,
+        email=email,
+        role=Role(role),
+        token_hash=_hash_secret(token),
+        created_by=actor,
+        expires_at=timezone.now() + timedelta(days=settings.INVITATION_DAYS),
+    )
+    invitation.full_clean()
+    with transaction.atomic():
+        invitation.save()
+        record(
+            action="invitation.created",
+            actor=actor,
+            obj=invitation,
+            request=request,
+            detail={"email": email, "role": invitation.role, "expires_at": invitation.expires_at.isoformat()},
+        )
+    return invitation, token
+
+
+def revoke_invitation(*, actor: Any, invitation: Invitation, request: HttpRequest | None = None) -> bool:
+    """Revoke a pending invitation at once; False when it was no longer pending (accepted, revoked)."""
+    _require_admin(actor, invitation.organization)
+    now = timezone.now()
+    with transaction.atomic():
+        revoked = Invitation.objects.filter(pk=invitation.pk, accepted_at=None, revoked_at=None).update(revoked_at=now)
+        if revoked:
+            invitation.revoked_at = now
+            record(action="invitation.revoked", actor=actor, obj=invitation, request=request)
+    return bool(revoked)
+
+
+def find_invitation(token: str) -> Invitation | None:
+    """The invitation a token belongs to, usable or not; None for an unknown token."""
+    if not token or len(token) > 200:
+        return None
+    return Invitation.objects.select_related("organization").filter(token_hash=_hash_secret(token)).first()
+
+
+def usable_invitation(token: str, *, request: HttpRequest | None = None, actor: Any = None) -> Invitation:
+    """The usable invitation of ``token``; otherwise a security event and ``InvitationInvalid``."""
+    invitation = find_invitation(token)
+    if invitation is None or not invitation.is_usable:
+        record_invalid_invitation(invitation, request=request, actor=actor)
+        raise InvitationInvalid
+    return invitation
+
+
+def record_invalid_invitation(invitation: Invitation | None, *, request: HttpRequest | None, actor: Any) -> None:
+    """A security event for the use of an unknown, expired, revoked or already used invitation link."""
+    record(
+        action="invitation.invalid",
+        actor=actor,
+        obj=invitation,
+        security=True,
+        request=request,
+        detail={"reason": invitation.status if invitation is not None else "unknown"},
+    )
+
+
+def accept_invitation(
+    *,
+    invitation: Invitation,
+    user: Any = None,
+    username: str = "",
+    password: str = "",
+    request: HttpRequest | None = None,
+) -> Membership:
+    """Accept an invitation into ``user``'s account, or into a new account (``username``/``password``).
+
+    Single use: the invitation is claimed by one conditional ``UPDATE`` (not accepted, not revoked, not expired);
+    a second use, or a concurrent one that loses the race, claims nothing and raises ``InvitationInvalid`` (and is
+    recorded as a security event). The new account, the membership and the claim commit together or not at all.
+
+    Already a member: the stronger of the two roles is kept. An invitation only ever adds access; lowering a role
+    is an explicit change on the members page, never a side effect of a link.
+    """
+    membership, created_user = _claim_invitation(invitation, user=user, username=username, password=password)
+    if membership is None:
+        invitation.refresh_from_db()
+        record_invalid_invitation(invitation, request=request, actor=user)
+        raise InvitationInvalid
+    record(
+        action="invitation.accepted",
+        actor=membership.user,
+        obj=invitation,
+        request=request,
+        detail={
+            "user": membership.user.get_username(),
+            "role": invitation.role,
+            "member_role": membership.role,
+            "new_account": created_user,
+        },
+    )
+    return membership
+
+
+@transaction.atomic
+def _claim_invitation(
+    invitation: Invitation, *, user: Any, username: str, password: str
+) -> tuple[Membership | None, bool]:
+    now = timezone.now()
+    usable = Invitation.objects.filter(pk=invitation.pk, accepted_at=None, revoked_at=None, expires_at__gt=now)
+    if usable.update(accepted_at=now) != 1:
+        return None, False
+    created_user = user is None
+    if user is None:
+        user = get_user_model().objects.create_user(username=username, email=invitation.email, password=password)
+    Invitation.objects.filter(pk=invitation.pk).update(accepted_by=user)
+    invitation.accepted_at, invitation.accepted_by = now, user
+    membership = (
+        Membership.objects.select_for_update().filter(user=user, organization_id=invitation.organization_id).first()
+    )
+    if membership is None:
+        membership = Membership.objects.create(
+            user=user, organization_id=invitation.organization_id, role=invitation.role
+        )
+    elif ROLE_RANK[invitation.role] > ROLE_RANK[membership.role]:
+        membership.role = invitation.role
+        membership.save(update_fields=["role"])
+    return membership, created_user

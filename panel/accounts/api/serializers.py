@@ -1,4 +1,4 @@
-"""Serializers of tenancy, and the pieces every API serializer shares.
+"""Serializers of tenancy (organizations, members, invitations, tokens), and the pieces every API serializer shares.
 
 - ``ScopedRelatedField``: a foreign key the caller may only point at objects the scoping helper lets them see
   (anything else "does not exist", exactly like an unknown id) and may only use when they may take the required
@@ -19,8 +19,8 @@ from django.db import models
 from rest_framework import exceptions, serializers
 from rest_framework.fields import CharField
 
-from panel.accounts.choices import Action, TokenScope
-from panel.accounts.models import ApiToken, Organization
+from panel.accounts.choices import Action, Role, TokenScope
+from panel.accounts.models import ApiToken, Invitation, Membership, Organization
 from panel.accounts.scoping import can, for_user, organization_ids, role_in
 from panel.validators import validate_name
 
@@ -190,4 +190,68 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class MemberSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """A member of an organization and their role (owners of the organization or of its provider only)."""
+
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.CharField(source="user.email", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "username", "email", "role", "created_at"]
+        read_only_fields = fields
+
+
+class InvitationSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """An invitation; its token is never shown again after creation (only a hash is stored)."""
+
+    status = serializers.CharField(read_only=True, help_text="pending (the link works), accepted, revoked or expired.")
+    created_by = serializers.SerializerMethodField()
+    accepted_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invitation
+        fields = [
+            "id",
+            "organization",
+            "email",
+            "role",
+            "status",
+            "created_by",
+            "created_at",
+            "expires_at",
+            "accepted_at",
+            "accepted_by",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+    def get_created_by(self, invitation: Invitation) -> str | None:
+        """User name of the inviter."""
+        return invitation.created_by.get_username() if invitation.created_by else None
+
+    def get_accepted_by(self, invitation: Invitation) -> str | None:
+        """User name of the account that accepted it."""
+        return invitation.accepted_by.get_username() if invitation.accepted_by else None
+
+
+class InvitationCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """What creating an invitation takes: an organization the caller administers, an email address and a role."""
+
+    organization = ScopedRelatedField(Organization, require=Action.ADMIN)
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class InvitationCreatedSerializer(InvitationSerializer):
+    """An invitation just created: the only response that carries its plain ``token`` and ``url``."""
+
+    token = serializers.CharField(read_only=True, help_text="Shown once; only a hash is stored.")
+    url = serializers.CharField(read_only=True, help_text="The link to pass on; it works once.")
+
+    class Meta(InvitationSerializer.Meta):
+        fields = [*InvitationSerializer.Meta.fields, "token", "url"]
         read_only_fields = fields

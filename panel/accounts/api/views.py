@@ -1,4 +1,4 @@
-"""API views of tenancy (organizations, tokens) and ``ScopedModelViewSet``, the base of every object endpoint.
+"""API views of tenancy (organizations and their members, invitations, tokens) and ``ScopedModelViewSet``, the base of every object endpoint.
 
 Access rules, the same for every endpoint:
 
@@ -16,8 +16,10 @@ from typing import Any, ClassVar
 
 from django.db import models, transaction
 from django.db.models import ProtectedError
-from drf_spectacular.utils import extend_schema
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,12 +30,16 @@ from panel.accounts.api.serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenCreateSerializer,
     ApiTokenSerializer,
+    InvitationCreatedSerializer,
+    InvitationCreateSerializer,
+    InvitationSerializer,
+    MemberSerializer,
     OrganizationSerializer,
 )
 from panel.accounts.choices import Action
-from panel.accounts.models import ApiToken, Organization
-from panel.accounts.scoping import for_user
-from panel.accounts.services import create_token, record, revoke_token
+from panel.accounts.models import ApiToken, Invitation, Membership, Organization
+from panel.accounts.scoping import for_user, get_for_user
+from panel.accounts.services import create_invitation, create_token, record, revoke_invitation, revoke_token
 from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 
@@ -93,6 +99,21 @@ class OrganizationViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-a
             return Organization.objects.none()
         return for_user(Organization, self.request.user, Action.VIEW)
 
+    @extend_schema(responses=MemberSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def members(self, request: Request, pk: str | None = None) -> Response:
+        """Members of the organization and their roles; owners of it or of its provider only (404 otherwise)."""
+        organization = get_for_user(Organization, request.user, Action.ADMIN, pk=pk)
+        memberships = (
+            for_user(Membership, request.user, Action.ADMIN)
+            .filter(organization=organization)
+            .select_related("user")
+            .order_by("user__username")
+        )
+        page = self.paginate_queryset(memberships)
+        assert page is not None
+        return self.get_paginated_response(MemberSerializer(page, many=True).data)
+
 
 class ApiTokenViewSet(
     mixins.ListModelMixin,
@@ -133,3 +154,58 @@ class ApiTokenViewSet(
     def perform_destroy(self, instance: ApiToken) -> None:
         if instance.revoked_at is None:
             revoke_token(token=instance, actor=self.request.user)
+
+
+class InvitationViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,  # type: ignore[type-arg]
+):
+    """Invitations of the organizations the caller administers (owners of it or of its provider).
+
+    Creating one returns its plain token and link once; only a hash is stored. Like tokens, invitations need a
+    session: an invitation creates an account, and a leaked API token must not be able to mint a lasting one.
+    Deleting revokes a pending invitation (the row stays for the audit trail); an accepted one answers 409.
+    """
+
+    serializer_class = InvitationSerializer
+
+    def get_queryset(self) -> models.QuerySet[Invitation]:
+        if getattr(self, "swagger_fake_view", False):
+            return Invitation.objects.none()
+        invitations = for_user(Invitation, self.request.user, Action.ADMIN).select_related("created_by", "accepted_by")
+        organization = self.request.query_params.get("organization", "")
+        if organization:
+            invitations = invitations.filter(organization_id=int(organization) if organization.isdigit() else 0)
+        return invitations
+
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
+        if self.action == "create":
+            return InvitationCreateSerializer
+        return InvitationSerializer
+
+    @extend_schema(
+        parameters=[OpenApiParameter("organization", int, description="Only this organization's invitations.")]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Invitations, newest first, with their status (pending, accepted, revoked, expired)."""
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=InvitationCreateSerializer, responses={201: InvitationCreatedSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Invite someone; the response is the only time the token and link are shown."""
+        if isinstance(request.auth, ApiToken):
+            raise exceptions.PermissionDenied("Sign in to create invitations; an API token cannot create accounts.")
+        serializer = InvitationCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        invitation, token = create_invitation(actor=request.user, request=request, **serializer.validated_data)
+        invitation.token = token  # type: ignore[attr-defined]
+        invitation.url = request.build_absolute_uri(reverse("invitation_accept", args=[token]))  # type: ignore[attr-defined]
+        return Response(InvitationCreatedSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: Invitation) -> None:
+        if instance.accepted_at is not None:
+            raise Conflict("This invitation was already accepted; remove the member instead.")
+        revoke_invitation(actor=self.request.user, invitation=instance, request=self.request)
