@@ -15,6 +15,7 @@ from django.test import Client
 from panel.jobs.choices import JobStatus
 from panel.jobs.models import Job, JobLogLine
 from panel.jobs.services import create_job
+from tests.lab_helpers import wait_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,13 +31,7 @@ def ws_url(base: str, job_id: int, after: int = 0) -> str:
 
 
 def wait_status(job: Job, statuses: tuple[str, ...], timeout: float = 30) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job.refresh_from_db()
-        if job.status in statuses:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job stayed {job.status}: {job.reason}")
+    return wait_job(job, timeout=timeout, statuses=statuses)
 
 
 async def read_until(socket: Any, stop: Any, timeout: float = 30) -> list[dict[str, Any]]:
