@@ -8,6 +8,7 @@ other exception becomes "internal error" with the traceback in the application l
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,8 +65,6 @@ class JobContext:
 
         Recovery steps (a rollback after a failure or a cancel) pass ``cancelable=False``: they must finish.
         """
-        import time
-
         if cancelable:
             self.check_cancel()
         self.write(f"▶ {name}")

@@ -132,13 +132,12 @@ def generate_key_pair(comment: str) -> tuple[str, str]:
 
 def load_private_key(text: str) -> paramiko.PKey:
     """Parse an OpenSSH/PEM private key (Ed25519, ECDSA or RSA)."""
-    errors = []
     key_classes: list[type[paramiko.PKey]] = [paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey]
     for key_class in key_classes:
         try:
             return key_class.from_private_key(io.StringIO(text))
-        except (paramiko.SSHException, ValueError) as exc:
-            errors.append(str(exc))
+        except (paramiko.SSHException, ValueError):
+            continue
     raise RemoteError("The stored SSH private key cannot be read (unsupported type or passphrase-protected).")
 
 
