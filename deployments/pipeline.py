@@ -28,7 +28,6 @@ from django.core.exceptions import ValidationError
 from panel.inventory.models import Environment, Project
 from panel.jobs.runner import JobContext, JobFailed
 from panel.remote import CommandResult, RemoteError, Target, run, run_capture
-from panel.remote.docker import docker_client
 from panel.validators import check_git_url_policy
 
 OVERRIDE_FILE = "docker-compose.panel.yaml"
@@ -45,6 +44,15 @@ RESOLVE_SCRIPT = (
     'd=$1; shift; for r in "$@"; do git -C "$d" rev-parse --verify --quiet "$r^{commit}" && exit 0; done; exit 1'
 )
 CHECKOUT_SCRIPT = 'git -C "$1" checkout --quiet --force --detach "$2" && git -C "$1" clean -ffdxq'
+PIN_SCRIPT = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do docker tag "$1" "$2" || exit 1; shift 2; n=$((n - 1)); done; '
+    'exec docker image inspect --format "{{.Id}}" -- "$@"'
+)
+HEALTH_MARKER = "@@panel-health@@"
+HEALTH_SCRIPT = (
+    '"$@" ps --all --format json; echo "@@panel-health@@"; '
+    'exec "$@" exec -T odoo curl -fsS --max-time 5 http://localhost:8069/web/health'
+)
 DESCRIBE_SCRIPT = (
     'git -C "$1" log -1 --format=%s "$2"; echo ---; '
     'if [ -n "$3" ]; then git -C "$1" log --format="%H %s" -n 100 "$3..$2" || true; fi'
@@ -280,22 +288,23 @@ class Pipeline:
         args = ["build", "--pull"] if settings.DEPLOY_BUILD_PULL else ["build"]
         self.run(self.compose(*args), what="Building the images", timeout=settings.DEPLOY_BUILD_TIMEOUT)
 
-    def pin_images(self, built: Sequence[str], override: dict[str, Any]) -> dict[str, str]:
-        """Tag each built image with the deployment's own tag; return service → pinned reference."""
-        pinned = {}
-        for service in built:
-            ref = pinned_image_ref(self.environment, service, self.deployment_id)
-            self.run(
-                ["docker", "tag", override["services"][service]["image"], ref], what=f"Tagging the {service} image"
-            )
-            pinned[service] = ref
-        return pinned
+    def pin_images(
+        self, built: Sequence[str], override: dict[str, Any], images: dict[str, str]
+    ) -> dict[str, dict[str, str]]:
+        """Tag each built image with the deployment's own tag and resolve every service's image to its id.
 
-    def image_ids(self, images: dict[str, str]) -> dict[str, dict[str, str]]:
-        """Resolve the image of each service to its id (one ``docker image inspect`` for all)."""
+        One round trip: the tags and the ``docker image inspect`` run in a single constant script.
+        """
         refs = {service: ref for service, ref in sorted(images.items()) if ref}
-        found = self.capture(["docker", "image", "inspect", "--format", "{{.Id}}", "--", *refs.values()])
-        ids = found.stdout.split() if found.ok else []
+        pairs: list[str] = []
+        for service in built:
+            pinned = pinned_image_ref(self.environment, service, self.deployment_id)
+            pairs += [override["services"][service]["image"], pinned]
+            refs[service] = pinned
+        found = self.capture(["sh", "-c", PIN_SCRIPT, "sh", str(len(built)), *pairs, *refs.values()])
+        if not found.ok:
+            raise StepFailed(f"Could not tag or inspect the images: {found.stderr.strip()[-300:]}")
+        ids = found.stdout.split()
         if len(ids) != len(refs):
             ids = [""] * len(refs)
         return {
@@ -349,33 +358,39 @@ class Pipeline:
         args = ["up", "-d", "--remove-orphans"] + ([] if build else ["--no-build"])
         self.run(self.compose(*args), what="Starting the containers", timeout=900)
 
+    def health(self) -> tuple[list[str], list[str], CommandResult]:
+        """Containers of the project, those not running, and Odoo's ``/web/health`` answer: one round trip."""
+        result = self.capture(["sh", "-c", HEALTH_SCRIPT, "sh", *self.compose()], timeout=60)
+        listing, _, answer = result.stdout.partition(HEALTH_MARKER)
+        containers: list[dict[str, Any]] = []
+        for line in listing.splitlines():
+            line = line.strip()
+            if line.startswith(("{", "[")):
+                try:
+                    parsed = json.loads(line)
+                except ValueError:
+                    continue
+                containers += parsed if isinstance(parsed, list) else [parsed]
+        names = [str(c.get("Name", "?")) for c in containers]
+        stopped = sorted(
+            f"{c.get('Name', '?')} ({c.get('State', '?')})" for c in containers if c.get("State") != "running"
+        )
+        return names, stopped, CommandResult(result.exit_code, answer.strip(), result.stderr)
+
     def wait_healthy(self) -> None:
         """Wait until every container runs and Odoo answers ``/web/health`` with ``pass``."""
         timeout = settings.DEPLOY_HEALTH_TIMEOUT
         deadline = time.monotonic() + timeout
         next_report = time.monotonic() + 10
-        client = docker_client(self.target)
-        label = f"com.docker.compose.project={self.environment.compose_project}"
-        problem = "no answer yet"
         while True:
-            containers = [
-                c for c in client.containers.list(all=True, filters={"label": label})
-                if c.labels.get("com.docker.compose.oneoff") != "True"
-            ]  # fmt: skip
-            stopped = sorted(f"{c.name} ({c.status})" for c in containers if c.status != "running")
-            health = self.capture(
-                self.compose(
-                    "exec", "-T", "odoo", "curl", "-fsS", "--max-time", "5", "http://localhost:8069/web/health"
-                ),
-                timeout=30,
-            )
+            containers, stopped, health = self.health()
             if health.ok and '"pass"' in health.stdout and containers and not stopped:
                 self.context.write(f"Odoo answers /web/health: pass; {len(containers)} containers running.")
                 return
             problem = (
                 f"not running: {', '.join(stopped)}"
                 if stopped
-                else f"/web/health: {(health.stderr or health.stdout).strip()[-200:]}"
+                else f"/web/health: {(health.stderr or health.stdout).strip()[-200:] or 'no answer'}"
             )
             if time.monotonic() > deadline:
                 raise StepFailed(f"Odoo did not become healthy within {timeout:g} s ({problem}).")

@@ -225,8 +225,7 @@ def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment,
         deployment.save(update_fields=["config"])
     with context.step("Build images"):
         pipeline.build()
-        images.update(pipeline.pin_images(built, override))
-        deployment.images = pipeline.image_ids(images)
+        deployment.images = pipeline.pin_images(built, override, images)
         deployment.save(update_fields=["images"])
     with context.step("Update database"):
         pipeline.update_database(first_deploy=first_deploy)
