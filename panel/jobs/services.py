@@ -11,8 +11,6 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -20,6 +18,7 @@ from django.utils import timezone
 from panel.accounts.models import Organization
 from panel.jobs.choices import ACTIVE_STATES, JobStatus, LogStream
 from panel.jobs.models import Job, JobLogLine
+from panel.jobs.publisher import publish
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +148,7 @@ def reap_stale_jobs() -> list[int]:
 
 
 def _send(job_id: int, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(group_name(job_id), message)
-    except Exception:
-        logger.warning("could not push job %s update to the channel layer", job_id, exc_info=True)
+    publish(group_name(job_id), message)
 
 
 def publish_status(job: Job) -> None:
