@@ -80,6 +80,25 @@ def save_changes(instance: Any, validated_data: dict[str, Any], *, actor: Any, a
     return instance
 
 
+# What the panel itself sets on a server: its public key, status and what validation found.
+SERVER_READ_ONLY_FIELDS = [
+    "public_key",
+    "status",
+    "status_message",
+    "host_key_type",
+    "host_key_fingerprint",
+    "host_key_confirmed_at",
+    "os_name",
+    "architecture",
+    "docker_version",
+    "compose_version",
+    "disk_free_bytes",
+    "docker_access",
+    "last_validated_at",
+    "created_at",
+]
+
+
 class ServerSerializer(PanelModelSerializer):
     """A Docker host. ``host`` and ``port`` are fixed once created (the pinned host key belongs to them)."""
 
@@ -102,37 +121,9 @@ class ServerSerializer(PanelModelSerializer):
             "username",
             "labels",
             "private_key",
-            "public_key",
-            "status",
-            "status_message",
-            "host_key_type",
-            "host_key_fingerprint",
-            "host_key_confirmed_at",
-            "os_name",
-            "architecture",
-            "docker_version",
-            "compose_version",
-            "disk_free_bytes",
-            "docker_access",
-            "last_validated_at",
-            "created_at",
+            *SERVER_READ_ONLY_FIELDS,
         ]
-        read_only_fields = [
-            "public_key",
-            "status",
-            "status_message",
-            "host_key_type",
-            "host_key_fingerprint",
-            "host_key_confirmed_at",
-            "os_name",
-            "architecture",
-            "docker_version",
-            "compose_version",
-            "disk_free_bytes",
-            "docker_access",
-            "last_validated_at",
-            "created_at",
-        ]
+        read_only_fields = SERVER_READ_ONLY_FIELDS
         create_only = ["organization", "host", "port"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
