@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import secrets as random_secrets
-from typing import Any
+from typing import Any, NoReturn
 
 from django.db import transaction
 from django.utils import timezone
@@ -258,7 +258,6 @@ def run_deployment(context: JobContext) -> dict[str, Any]:
             _deploy_new(pipeline, context, deployment, first_deploy=environment.current_deployment is None)
     except (JobFailed, JobCanceled, RemoteError) as exc:
         _recover(context, pipeline, deployment, previous, exc)
-        raise AssertionError("unreachable") from exc  # _recover always raises
     deployment.status = DeploymentStatus.SUCCEEDED
     deployment.finished_at = timezone.now()
     deployment.save(update_fields=["status", "finished_at"])
@@ -273,7 +272,7 @@ def run_deployment(context: JobContext) -> dict[str, Any]:
 
 def _recover(
     context: JobContext, pipeline: Pipeline, deployment: Deployment, previous: Deployment | None, exc: Exception
-) -> None:
+) -> NoReturn:
     """After a failed or canceled step: roll back to ``previous`` and raise the job's final outcome."""
     canceled = isinstance(exc, JobCanceled)
     failed_step = next((step["name"] for step in reversed(context.steps) if step["status"] == "failed"), "")
