@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shlex
@@ -60,6 +61,8 @@ KEY = "panel-demo-16-0-prod"
 # The same commands the panel's pipeline runs for a redeploy of an unchanged commit.
 PLAIN_SCRIPT = """
 set -e
+mark() {{ echo "@@phase $1 $(date +%s.%N)"; }}
+mark fetch
 D=doodba-panel/{key}; S=$D/src
 git -C $S fetch --force --prune --no-tags -- {url} '+refs/heads/*:refs/remotes/panel/*' '+refs/tags/*:refs/tags/*'
 C=$(git -C $S rev-parse --verify --quiet 'refs/remotes/panel/main^{{commit}}')
@@ -71,14 +74,20 @@ mkdir -p $S/.docker
 cp /tmp/bench-odoo.env $S/.docker/odoo.env; cp /tmp/bench-db-access.env $S/.docker/db-access.env
 cp /tmp/bench-db-creation.env $S/.docker/db-creation.env; touch $S/.docker/smtp.env $S/.docker/backup.env
 cp /tmp/bench-override.yaml $S/docker-compose.panel.yaml
+mark config
 P="docker compose --ansi never -p {key} -f $S/prod.yaml -f $S/docker-compose.panel.yaml"
 docker compose --ansi never -p {key} -f $S/prod.yaml config --format json >/dev/null
 $P config --quiet
+mark build
 $P build
 docker image inspect --format "{{{{.Id}}}}" {key}-odoo:$(echo $C | cut -c1-12) >/dev/null
+mark update
 $P run --rm odoo click-odoo-update
+mark start
 $P up -d --remove-orphans
+mark health
 until $P exec -T odoo curl -fsS --max-time 5 http://localhost:8069/web/health | grep -q pass; do sleep 1; done
+mark end
 """
 
 
@@ -184,16 +193,22 @@ def main() -> None:
         ssh = host.ssh_argv("true")[:-3]
         script = PLAIN_SCRIPT.format(key=KEY, url=shlex.quote(str(lab.sample_repo_path)))
         panel_times, plain_times, first_lines, ssh_true = [], [], [], []
+        panel_steps: list[dict[str, float]] = []
+        plain_phases: list[dict[str, float]] = []
         for _ in range(args.rounds):
             elapsed, job_id = asyncio.run(first_line(base, cookie, token, environment.pk))
             first_lines.append(elapsed)
             job = wait_job(base, token, job_id)
             assert job["status"] == "succeeded", job
             panel_times.append(_job_seconds(job))
+            steps = {step["name"]: step["seconds"] for step in (job.get("result") or {}).get("steps", [])}
+            steps["outside steps"] = round(panel_times[-1] - sum(steps.values()), 3)
+            panel_steps.append(steps)
             started = time.perf_counter()
-            subprocess.run([*ssh, host.address, "--", "bash -s"], input=script.encode(), check=True,
-                           capture_output=True)  # fmt: skip
+            done = subprocess.run([*ssh, host.address, "--", "bash -s"], input=script.encode(), check=True,
+                                  capture_output=True)  # fmt: skip
             plain_times.append(time.perf_counter() - started)
+            plain_phases.append(_phases(done.stdout.decode(), plain_times[-1]))
             started = time.perf_counter()
             subprocess.run([*ssh, host.address, "--", "true"], check=True)
             ssh_true.append(time.perf_counter() - started)
@@ -205,6 +220,8 @@ def main() -> None:
             "first_log_line_median_ms": round(statistics.median(first_lines) * 1000, 1),
             "first_log_line_p95_ms": round(percentile(first_lines, 95) * 1000, 1),
             "ssh_true_median_ms": round(statistics.median(ssh_true) * 1000, 1),
+            "panel_step_medians_s": _medians(panel_steps),
+            "plain_phase_medians_s": _medians(plain_phases),
         }
     finally:
         for proc in procs:
@@ -216,6 +233,18 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "deploy.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+
+
+def _phases(output: str, total: float) -> dict[str, float]:
+    """Seconds per phase of the plain script, from its ``@@phase NAME EPOCH`` marks (ssh login: the rest)."""
+    marks = [line.split()[1:] for line in output.splitlines() if line.startswith("@@phase ")]
+    phases = {name: float(end) - float(start) for (name, start), (_, end) in itertools.pairwise(marks)}
+    phases["ssh login and exit"] = total - sum(phases.values())
+    return phases
+
+
+def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {name: round(statistics.median(row.get(name, 0.0) for row in rows), 3) for name in rows[0]} if rows else {}
 
 
 def _job_seconds(job: dict) -> float:
