@@ -49,9 +49,12 @@ PIN_SCRIPT = (
     'exec docker image inspect --format "{{.Id}}" -- "$@"'
 )
 HEALTH_MARKER = "@@panel-health@@"
+# The container listing and Odoo's answer are asked for at the same time; the answer (with curl's error, if any)
+# is printed after the marker, and the script exits with curl's code.
 HEALTH_SCRIPT = (
-    '"$@" ps --all --format json; echo "@@panel-health@@"; '
-    'exec "$@" exec -T odoo curl -fsS --max-time 5 http://localhost:8069/web/health'
+    "t=$(mktemp) || exit 1; "
+    '"$@" exec -T odoo curl -fsS --max-time 5 http://localhost:8069/web/health >"$t" 2>&1 </dev/null & '
+    '"$@" ps --all --format json </dev/null; wait $!; rc=$?; echo "@@panel-health@@"; cat "$t"; rm -f "$t"; exit $rc'
 )
 DESCRIBE_SCRIPT = (
     'git -C "$1" log -1 --format=%s "$2"; echo ---; '
@@ -359,7 +362,7 @@ class Pipeline:
         self.run(self.compose(*args), what="Starting the containers", timeout=900)
 
     def health(self) -> tuple[list[str], list[str], CommandResult]:
-        """Containers of the project, those not running, and Odoo's ``/web/health`` answer: one round trip."""
+        """Containers of the project, those not running, and Odoo's ``/web/health`` answer: one round trip, asked at once."""
         result = self.capture(["sh", "-c", HEALTH_SCRIPT, "sh", *self.compose()], timeout=60)
         listing, _, answer = result.stdout.partition(HEALTH_MARKER)
         containers: list[dict[str, Any]] = []
@@ -390,7 +393,7 @@ class Pipeline:
             problem = (
                 f"not running: {', '.join(stopped)}"
                 if stopped
-                else f"/web/health: {(health.stderr or health.stdout).strip()[-200:] or 'no answer'}"
+                else f"/web/health: {(health.stdout or health.stderr).strip()[-200:] or 'no answer'}"
             )
             if time.monotonic() > deadline:
                 raise StepFailed(f"Odoo did not become healthy within {timeout:g} s ({problem}).")
