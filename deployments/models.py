@@ -39,6 +39,9 @@ class Deployment(models.Model):
     config = models.JSONField(default=dict, blank=True)
     changes = models.JSONField(default=dict, blank=True)
     rollback = models.JSONField(default=dict, blank=True, help_text="Outcome of the automatic rollback, if any.")
+    db_snapshot = models.JSONField(
+        default=dict, blank=True, help_text="The database dump taken on the server before the update (path, bytes)."
+    )
     triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.BUTTON)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -60,6 +60,38 @@ DESCRIBE_SCRIPT = (
     'git -C "$1" log -1 --format=%s "$2"; echo ---; '
     'if [ -n "$3" ]; then git -C "$1" log --format="%H %s" -n 100 "$3..$2" || true; fi'
 )
+# Before an update: dump the database (pg_dump custom format, run in the odoo service with its own PG* settings)
+# to a file on the server, mode 0600, check it is a custom-format archive, and keep the newest $3 dumps.
+SNAPSHOT_SCRIPT = (
+    'umask 077; d=$1; f=$2; keep=$3; shift 3; mkdir -p -- "$d" || exit 1; '
+    '"$@" >"$d/$f.partial" </dev/null && [ "$(head -c 5 "$d/$f.partial")" = PGDMP ] '
+    '|| { echo "the dump is not a pg_dump archive" >&2; rm -f -- "$d/$f.partial"; exit 1; }; '
+    'mv -f -- "$d/$f.partial" "$d/$f"; '
+    'ls -1t -- "$d" | grep "[.]dump$" | tail -n "+$((keep + 1))" | while read -r old; do rm -f -- "$d/$old"; done; '
+    'wc -c <"$d/$f"'
+)
+# Feed a file to a command's stdin (the restore below reads the dump on stdin).
+FEED_SCRIPT = 'f=$1; shift; exec "$@" <"$f"'
+# Runs inside the odoo service (PG* from its environment), the dump on stdin: restore into a new database with the
+# old one's encoding and collation, then swap them while nobody can connect. The replaced database is kept as
+# panel_failed_<name> (the data written during the failed deploy), the previous one of that name dropped.
+RESTORE_SCRIPT = r"""set -e
+db=${PGDATABASE:?PGDATABASE is not set in the odoo service}
+new="panel_restore_$db"; failed="panel_failed_$db"
+set -- $(psql -X -q -tA -F ' ' -d "$db" -c "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = current_database()")
+dropdb --if-exists -- "$new"
+createdb -T template0 -E "$1" --lc-collate="$2" --lc-ctype="$3" -- "$new"
+pg_restore --no-owner --exit-on-error -d "$new"
+echo "Restored the dump into $new; swapping it with $db (the replaced database is kept as $failed)."
+psql -X -q -v ON_ERROR_STOP=1 -d postgres -v db="$db" -v new="$new" -v failed="$failed" <<'SQL'
+DROP DATABASE IF EXISTS :"failed";
+ALTER DATABASE :"db" ALLOW_CONNECTIONS false;
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :'db' AND pid <> pg_backend_pid();
+ALTER DATABASE :"db" RENAME TO :"failed";
+ALTER DATABASE :"new" RENAME TO :"db";
+ALTER DATABASE :"failed" ALLOW_CONNECTIONS true;
+SQL
+"""
 DB_STATE_SQL = "SELECT count(*) FROM pg_tables WHERE tablename = 'ir_module_module'"
 DB_NOT_READY = (
     "could not connect",
@@ -355,6 +387,35 @@ class Pipeline:
                      what="Recording addon hashes", timeout=timeout)  # fmt: skip
             return
         self.run(self.compose("run", "--rm", "odoo", "click-odoo-update"), what="Updating addons", timeout=timeout)
+
+    def snapshot_database(self) -> dict[str, Any]:
+        """Dump the database to ``<deploy dir>/snapshots/deployment-<id>.dump`` on the server; keep the newest few."""
+        directory = f"{self.root}/snapshots"
+        name = f"deployment-{self.deployment_id}.dump"
+        # Without the image's entrypoint: nothing but pg_dump may write to stdout.
+        dump = self.compose("run", "--rm", "-T", "--entrypoint", "pg_dump", "odoo", "--format=custom")
+        keep = str(settings.DEPLOY_DB_SNAPSHOT_KEEP)
+        started = time.monotonic()
+        result = self.capture(
+            ["sh", "-c", SNAPSHOT_SCRIPT, "sh", directory, name, keep, *dump], timeout=settings.DEPLOY_UPDATE_TIMEOUT
+        )
+        size = result.stdout.strip().splitlines()[-1:] if result.ok else []
+        if not size or not size[0].isdigit():
+            raise StepFailed(f"Could not dump the database before the update: {result.stderr.strip()[-300:]}")
+        snapshot = {"path": f"{directory}/{name}", "bytes": int(size[0])}
+        self.context.write(
+            f"Dumped the database to {snapshot['path']} ({int(size[0]) / 1e6:.1f} MB in "
+            f"{time.monotonic() - started:.1f} s); the newest {keep} dumps are kept."
+        )
+        return snapshot
+
+    def restore_database(self, snapshot: dict[str, Any]) -> None:
+        """Stop Odoo and put the database back as it was before the update, from the dump on the server."""
+        self.run(self.compose("stop", "odoo"), what="Stopping Odoo", timeout=300)
+        restore = self.compose("run", "--rm", "-T", "--entrypoint", "sh", "odoo", "-c", RESTORE_SCRIPT)
+        self.run(["sh", "-c", FEED_SCRIPT, "sh", snapshot["path"], *restore], what="Restoring the database",
+                 timeout=settings.DEPLOY_UPDATE_TIMEOUT)  # fmt: skip
+        self.context.write(f"The database is back as it was before the update ({snapshot['path']}).")
 
     def start(self, *, build: bool = True) -> None:
         """``up -d --remove-orphans`` (without building when putting back an earlier deployment's images)."""

@@ -10,6 +10,7 @@ import copy
 import secrets as random_secrets
 from typing import Any, NoReturn
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -181,9 +182,18 @@ def _event(deployment: Deployment, kind: str, severity: str, message: str) -> No
 
 
 def _put_in_place(
-    pipeline: Pipeline, context: JobContext, source: Deployment, prefix: str, *, cancelable: bool = True
+    pipeline: Pipeline,
+    context: JobContext,
+    source: Deployment,
+    prefix: str,
+    *,
+    cancelable: bool = True,
+    snapshot: dict[str, Any] | None = None,
 ) -> None:
-    """Check out an earlier deployment's commit, write its override and start its very images."""
+    """Check out an earlier deployment's commit, write its override and start its very images.
+
+    With ``snapshot`` (an automatic rollback after the update ran), the database is restored from it first.
+    """
     environment = pipeline.environment
     with context.step(f"{prefix}Check out {source.short_commit}", cancelable=cancelable):
         pipeline.fetch(environment.project, source.commit)
@@ -191,6 +201,9 @@ def _put_in_place(
         pipeline.write_secrets(_ensure_secrets(environment))
         pipeline.require_images(source.images)
         pipeline.write_override(_override_with_pinned_images(source))
+    if snapshot:
+        with context.step(f"{prefix}Restore database", cancelable=cancelable):
+            pipeline.restore_database(snapshot)
     with context.step(f"{prefix}Start", cancelable=cancelable):
         pipeline.start(build=False)
     with context.step(f"{prefix}Wait until healthy", cancelable=cancelable):
@@ -200,10 +213,16 @@ def _put_in_place(
 def _override_with_pinned_images(source: Deployment) -> dict[str, Any]:
     """An earlier deployment's override, its built services pointing at the images pinned for it."""
     override = copy.deepcopy(source.config["override"])
-    for service, settings in override["services"].items():
-        if "image" in settings and service in source.images:
-            settings["image"] = source.images[service]["ref"]
+    for service, definition in override["services"].items():
+        if "image" in definition and service in source.images:
+            definition["image"] = source.images[service]["ref"]
     return override
+
+
+def wants_db_snapshot(environment: Environment) -> bool:
+    """Whether a deploy dumps the database before updating addons (``DEPLOY_DB_SNAPSHOT``)."""
+    policy = settings.DEPLOY_DB_SNAPSHOT
+    return policy == "always" or (policy == "production" and environment.kind == EnvironmentKind.PRODUCTION)
 
 
 def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment, first_deploy: bool) -> None:
@@ -227,6 +246,10 @@ def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment,
         pipeline.build()
         deployment.images = pipeline.pin_images(built, override, images)
         deployment.save(update_fields=["images"])
+    if not first_deploy and wants_db_snapshot(environment):
+        with context.step("Snapshot database"):
+            deployment.db_snapshot = pipeline.snapshot_database()
+            deployment.save(update_fields=["db_snapshot"])
     with context.step("Update database"):
         pipeline.update_database(first_deploy=first_deploy)
     with context.step("Start"):
@@ -295,8 +318,13 @@ def _recover(
             raise JobCanceled(f"{what}; there was no earlier deployment to restore.")
         raise JobFailed(f"{what} There was no earlier successful deployment to restore.")
     context.write(f"Rolling back to deployment #{previous.pk} ({previous.short_commit}) …")
+    # The update may have changed the database: put it back too when a dump was taken before it.
+    updated = any(step["name"] == "Update database" for step in context.steps)
+    snapshot = deployment.db_snapshot if updated and deployment.db_snapshot.get("path") else None
+    if updated and snapshot is None:
+        context.write("No database dump was taken before the update: the database stays as the update left it.")
     try:
-        _put_in_place(pipeline, context, previous, "Rollback: ", cancelable=False)
+        _put_in_place(pipeline, context, previous, "Rollback: ", cancelable=False, snapshot=snapshot)
     except (JobFailed, RemoteError) as rollback_error:
         deployment.status = DeploymentStatus.DEGRADED
         deployment.rollback = {"to": previous.pk, "outcome": "failed", "reason": str(rollback_error)}
@@ -310,8 +338,12 @@ def _recover(
         raise JobFailed(message) from rollback_error
     deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED
     deployment.rollback = {"to": previous.pk, "outcome": "succeeded"}
+    if snapshot:
+        deployment.rollback["database"] = "restored"
     deployment.save(update_fields=["status", "finished_at", "rollback"])
     restored = f"Rolled back to deployment #{previous.pk} ({previous.short_commit}), which is serving again."
+    if snapshot:
+        restored += " The database was restored from the dump taken before the update."
     _event(deployment, "deploy.rolled_back", Event.Severity.WARNING, f"{environment}: {what} {restored}")
     if canceled:
         raise JobCanceled(f"Canceled. {restored}")

@@ -25,6 +25,14 @@ def envstr(name: str, default: str | None = None) -> str:
     return value
 
 
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """Return a variable that must be one of ``choices``."""
+    value = envstr(name, default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
+    return value
+
+
 def envbool(name: str, default: bool) -> bool:
     """Return a boolean variable: 1/true/yes/on or 0/false/no/off."""
     raw = os.environ.get(name, "")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from panel.env import envbool, envfloat, envint, envlist, envstr
+from panel.env import envbool, envchoice, envfloat, envint, envlist, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("PANEL_DATA_DIR", str(BASE_DIR / "var")))
@@ -172,6 +172,10 @@ DEPLOY_UPDATE_TIMEOUT = envfloat("DEPLOY_UPDATE_TIMEOUT", 3600.0)
 DEPLOY_HEALTH_TIMEOUT = envfloat("DEPLOY_HEALTH_TIMEOUT", 300.0)
 DEPLOY_HEALTH_INTERVAL = envfloat("DEPLOY_HEALTH_INTERVAL", 2.0)
 DEPLOY_DB_WAIT_TIMEOUT = envfloat("DEPLOY_DB_WAIT_TIMEOUT", 120.0)
+# Dump the database on the server before updating addons (production, always or never); an automatic rollback
+# after the update restores it. The newest DEPLOY_DB_SNAPSHOT_KEEP dumps per environment stay on the server.
+DEPLOY_DB_SNAPSHOT = envchoice("DEPLOY_DB_SNAPSHOT", "production", ("production", "always", "never"))
+DEPLOY_DB_SNAPSHOT_KEEP = envint("DEPLOY_DB_SNAPSHOT_KEEP", 3, minimum=1)
 
 # Jobs.
 JOB_HEARTBEAT_INTERVAL = envfloat("JOB_HEARTBEAT_INTERVAL", 5.0)

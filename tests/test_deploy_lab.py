@@ -106,6 +106,43 @@ def test_it_rolls_back_when_odoo_never_becomes_healthy(deploy_env, lab1, lab_sam
     assert "sleep" not in command
 
 
+def test_it_restores_the_database_when_a_production_update_is_rolled_back(
+    deploy_env, lab1, lab_sample, users, client
+) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    assert not first.db_snapshot, "a first deploy initialises the database: nothing to dump"
+    # One commit updates an addon (the update step changes the database) and leaves Odoo unhealthy.
+    manifest = lab_sample.sample_file(MANIFEST).replace('"16.0.1.0.0"', '"16.0.1.5.0"')
+    prod = lab_sample.sample_file("prod.yaml").replace(
+        "    restart: unless-stopped\n    hostname:",
+        '    restart: unless-stopped\n    command: ["sleep", "infinity"]\n    hostname:',
+        1,
+    )
+    lab_sample.commit_to_sample({MANIFEST: manifest, "prod.yaml": prod}, "panel_demo 16.0.1.5.0, odoo never answers")
+    second = deploy(deploy_env, users["alice"])
+    assert second.job.status == "failed"
+    steps = [s["name"] for s in second.job.result["steps"]]
+    assert steps.index("Snapshot database") < steps.index("Update database")
+    assert "Rollback: Restore database" in steps
+    assert "Updating addons for their hash changed: panel_demo." in log_text(second)
+    assert "The database was restored from the dump taken before the update." in second.job.reason, log_text(second)[-3000:]
+    assert second.rollback == {"to": first.pk, "outcome": "succeeded", "database": "restored"}
+    # The dump is on the server, readable by its owner only; the database is the one from before the update.
+    path = second.db_snapshot["path"]
+    assert path == f"doodba-panel/{KEY}/snapshots/deployment-{second.pk}.dump" and second.db_snapshot["bytes"] > 0
+    assert oct((lab1.home / path).stat().st_mode & 0o777) == "0o600"
+    assert installed_version(lab1, "panel_demo") == "16.0.1.0.0"
+    assert health(lab1) == {"status": "pass"}
+    # The database the failed update left is kept aside, under a name Odoo's db filter does not match.
+    kept = lab1.ssh(*COMPOSE, "exec", "-T", "odoo", "psql", "-d", "postgres", "-tAc",
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'panel_%' ORDER BY 1")  # fmt: skip
+    assert kept.stdout.split() == ["panel_failed_prod"], kept.stdout + kept.stderr
+    client.force_login(users["alice"])
+    page = client.get(f"/deployments/{second.pk}/").content.decode()
+    assert f"deployment-{second.pk}.dump" in page and "restored" in page
+
+
 def test_it_keeps_stored_values_inert_on_the_host(deploy_env, lab1, users) -> None:
     marker = "/tmp/panel-deploy-injection-marker"
     lab1.ssh("rm", "-f", marker)

@@ -71,6 +71,7 @@ class DeploymentSerializer(CustomerViewMixin, serializers.ModelSerializer):  # t
             "config",
             "changes",
             "rollback",
+            "db_snapshot",
             "trigger",
             "triggered_by",
             "created_at",
