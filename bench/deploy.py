@@ -58,7 +58,7 @@ from tests.lab.lab import ensure_up, exclusive_use  # noqa: E402
 
 KEY = "panel-demo-16-0-prod"
 
-# The same commands the panel's pipeline runs for a redeploy of an unchanged commit.
+# The same commands the panel's pipeline runs for a redeploy of an unchanged commit to production.
 PLAIN_SCRIPT = """
 set -e
 mark() {{ echo "@@phase $1 $(date +%s.%N)"; }}
@@ -81,6 +81,8 @@ $P config --quiet
 mark build
 $P build
 docker image inspect --format "{{{{.Id}}}}" {key}-odoo:$(echo $C | cut -c1-12) >/dev/null
+mark snapshot
+mkdir -p $D/snapshots; $P run --rm -T --entrypoint pg_dump odoo --format=custom > $D/snapshots/bench.dump
 mark update
 $P run --rm odoo click-odoo-update
 mark start
