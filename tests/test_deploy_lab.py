@@ -126,7 +126,9 @@ def test_it_restores_the_database_when_a_production_update_is_rolled_back(
     assert steps.index("Snapshot database") < steps.index("Update database")
     assert "Rollback: Restore database" in steps
     assert "Updating addons for their hash changed: panel_demo." in log_text(second)
-    assert "The database was restored from the dump taken before the update." in second.job.reason, log_text(second)[-3000:]
+    assert "The database was restored from the dump taken before the update." in second.job.reason, log_text(second)[
+        -3000:
+    ]
     assert second.rollback == {"to": first.pk, "outcome": "succeeded", "database": "restored"}
     # The dump is on the server, readable by its owner only; the database is the one from before the update.
     path = second.db_snapshot["path"]
