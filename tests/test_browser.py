@@ -16,7 +16,7 @@ import pytest
 # Playwright's sync API runs an event loop in this thread; Django's ORM refuses to run in one unless told.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import PASSWORD
 
@@ -132,8 +132,9 @@ def test_it_onboards_and_validates_a_lab_server_live(
     assert line_frames[0] < end_frames[0]
     seqs = [int(s) for s in page.locator("[data-joblog-output] .line").evaluate_all("ns => ns.map(n => n.dataset.seq)")]
     assert seqs == list(range(1, len(seqs) + 1)), "lines missing or repeated"
-    # The steps and duration are reloaded by htmx when the job ends.
+    # The steps and duration are reloaded by htmx when the job ends, and a finished job offers no Cancel.
     page.wait_for_selector("#job-summary .steps li")
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
 
     # The server page now shows the facts the validation found.
     page.get_by_test_id("job-server").click()

@@ -228,6 +228,20 @@ def test_it_refuses_another_organizations_server_for_an_environment(users: Any, 
     assert not Environment.objects.filter(name="staging").exists()
 
 
+def test_it_preselects_the_only_server_for_a_new_environment(users: Any, inventory: Any) -> None:
+    client = client_for(users["alice"])
+    url = reverse("environment_create", args=[inventory["project_a"].pk])
+    server = inventory["server_a"]
+    page = client.get(url).content.decode()
+    assert f'<option value="{server.pk}" selected>' in page
+    Server.objects.create(
+        organization=server.organization, name="alpha-2", host="127.0.0.98", port=22, username="deploy",
+        private_key=server.private_key, public_key=server.public_key,
+    )  # fmt: skip
+    page = client.get(url).content.decode()
+    assert '<option value="" selected>' in page, "two servers: the user picks"
+
+
 SECRET_VALUE = "s3cr3t-Value-that-must-never-render-0x5f"
 
 

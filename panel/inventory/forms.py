@@ -225,6 +225,9 @@ class EnvironmentForm(forms.ModelForm):
                 del self.fields["clear_secrets"]
         else:
             del self.fields["clear_secrets"]
+            only = list(servers[:2])
+            if len(only) == 1:  # the usual first environment: nothing to choose
+                self.fields["server"].initial = only[0].pk
 
     def clean_compose_files_text(self) -> list[str]:
         files = [name.strip() for name in self.cleaned_data["compose_files_text"].split(",") if name.strip()]
