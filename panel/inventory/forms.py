@@ -197,6 +197,7 @@ class EnvironmentForm(forms.ModelForm):
             "auto_deploy": "Deploy automatically on git push",
         }
         help_texts = {
+            "backup_keep_daily": "For scheduled backups, which this version does not run yet.",
             "cpu_limit": "Such as 1.5; blank for no limit.",
             "memory_limit": "Such as 4g; blank for no limit.",
             "auto_deploy": (
