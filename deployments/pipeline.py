@@ -72,25 +72,33 @@ SNAPSHOT_SCRIPT = (
 )
 # Feed a file to a command's stdin (the restore below reads the dump on stdin).
 FEED_SCRIPT = 'f=$1; shift; exec "$@" <"$f"'
-# Runs inside the odoo service (PG* from its environment), the dump on stdin: restore into a new database with the
-# old one's encoding and collation, then swap them while nobody can connect. The replaced database is kept as
-# panel_failed_<name> (the data written during the failed deploy), the previous one of that name dropped.
+# Both run inside the odoo service (PG* from its environment). The first restores the dump (on stdin) into a new
+# database with the old one's encoding and collation, while everything keeps running; the second, once Odoo is
+# stopped, refuses and closes connections to the old database and swaps the two names in one transaction. The
+# replaced database is kept as panel_failed_<name> (what was written during the failed deploy).
 RESTORE_SCRIPT = r"""set -e
-db=${PGDATABASE:?PGDATABASE is not set in the odoo service}
-new="panel_restore_$db"; failed="panel_failed_$db"
+db=${PGDATABASE:?PGDATABASE is not set in the odoo service}; new="panel_restore_$db"
 set -- $(psql -X -q -tA -F ' ' -d "$db" -c "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = current_database()")
 dropdb --if-exists -- "$new"
 createdb -T template0 -E "$1" --lc-collate="$2" --lc-ctype="$3" -- "$new"
 pg_restore --no-owner --exit-on-error -d "$new"
-echo "Restored the dump into $new; swapping it with $db (the replaced database is kept as $failed)."
-psql -X -q -v ON_ERROR_STOP=1 -d postgres -v db="$db" -v new="$new" -v failed="$failed" <<'SQL'
+echo "Restored the dump into the new database $new."
+"""
+SWAP_SCRIPT = r"""db=${PGDATABASE:?PGDATABASE is not set in the odoo service}; new="panel_restore_$db"; failed="panel_failed_$db"
+psql -X -q -v ON_ERROR_STOP=1 -d postgres -v db="$db" -v new="$new" -v failed="$failed" <<'SQL' && exit 0
 DROP DATABASE IF EXISTS :"failed";
 ALTER DATABASE :"db" ALLOW_CONNECTIONS false;
-SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :'db' AND pid <> pg_backend_pid();
+SELECT count(pg_terminate_backend(pid)) AS closed FROM pg_stat_activity WHERE datname = :'db' AND pid <> pg_backend_pid() \gset
+\echo Refused new connections to :db and closed :closed open ones.
+BEGIN;
 ALTER DATABASE :"db" RENAME TO :"failed";
 ALTER DATABASE :"new" RENAME TO :"db";
 ALTER DATABASE :"failed" ALLOW_CONNECTIONS true;
+COMMIT;
+\echo Swapped the databases: :db is the restored one, :failed the one the failed deploy left.
 SQL
+echo "ALTER DATABASE :\"db\" ALLOW_CONNECTIONS true;" | psql -X -q -d postgres -v db="$db"
+exit 1
 """
 DB_STATE_SQL = "SELECT count(*) FROM pg_tables WHERE tablename = 'ir_module_module'"
 DB_NOT_READY = (
@@ -410,11 +418,17 @@ class Pipeline:
         return snapshot
 
     def restore_database(self, snapshot: dict[str, Any]) -> None:
-        """Stop Odoo and put the database back as it was before the update, from the dump on the server."""
-        self.run(self.compose("stop", "odoo"), what="Stopping Odoo", timeout=300)
+        """Put the database back as it was before the update, from the dump on the server.
+
+        The dump goes into a new database first, so a failed restore leaves the current one untouched; Odoo is
+        stopped only for the swap.
+        """
         restore = self.compose("run", "--rm", "-T", "--entrypoint", "sh", "odoo", "-c", RESTORE_SCRIPT)
-        self.run(["sh", "-c", FEED_SCRIPT, "sh", snapshot["path"], *restore], what="Restoring the database",
+        self.run(["sh", "-c", FEED_SCRIPT, "sh", snapshot["path"], *restore], what="Restoring the dump",
                  timeout=settings.DEPLOY_UPDATE_TIMEOUT)  # fmt: skip
+        self.run(self.compose("stop", "odoo"), what="Stopping Odoo", timeout=300)
+        swap = self.compose("run", "--rm", "-T", "--entrypoint", "sh", "odoo", "-c", SWAP_SCRIPT)
+        self.run(swap, what="Swapping in the restored database", timeout=300)
         self.context.write(f"The database is back as it was before the update ({snapshot['path']}).")
 
     def start(self, *, build: bool = True) -> None:

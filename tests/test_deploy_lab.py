@@ -106,20 +106,31 @@ def test_it_rolls_back_when_odoo_never_becomes_healthy(deploy_env, lab1, lab_sam
     assert "sleep" not in command
 
 
+def commit_update_that_never_gets_healthy(lab_sample: Any, version: str) -> str:
+    """One commit that updates an addon (the update step changes the database) and leaves Odoo unhealthy."""
+    manifest = lab_sample.sample_file(MANIFEST).replace('"16.0.1.0.0"', f'"{version}"')
+    prod = lab_sample.sample_file("prod.yaml").replace(
+        "    restart: unless-stopped\n    hostname:",
+        '    restart: unless-stopped\n    command: ["sleep", "infinity"]\n    hostname:',
+        1,
+    )
+    return lab_sample.commit_to_sample({MANIFEST: manifest, "prod.yaml": prod}, f"panel_demo {version}, no health")
+
+
+def panel_databases(host: Any) -> list[str]:
+    sql = "SELECT datname FROM pg_database WHERE datname LIKE 'panel_%' ORDER BY 1"
+    result = host.ssh(*COMPOSE, "exec", "-T", "db", "psql", "-U", "odoo", "-d", "postgres", "-tAc", sql)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def test_it_restores_the_database_when_a_production_update_is_rolled_back(
     deploy_env, lab1, lab_sample, users, client
 ) -> None:
     first = deploy(deploy_env, users["alice"])
     assert first.job.status == "succeeded", first.job.reason
     assert not first.db_snapshot, "a first deploy initialises the database: nothing to dump"
-    # One commit updates an addon (the update step changes the database) and leaves Odoo unhealthy.
-    manifest = lab_sample.sample_file(MANIFEST).replace('"16.0.1.0.0"', '"16.0.1.5.0"')
-    prod = lab_sample.sample_file("prod.yaml").replace(
-        "    restart: unless-stopped\n    hostname:",
-        '    restart: unless-stopped\n    command: ["sleep", "infinity"]\n    hostname:',
-        1,
-    )
-    lab_sample.commit_to_sample({MANIFEST: manifest, "prod.yaml": prod}, "panel_demo 16.0.1.5.0, odoo never answers")
+    commit_update_that_never_gets_healthy(lab_sample, "16.0.1.5.0")
     second = deploy(deploy_env, users["alice"])
     assert second.job.status == "failed"
     steps = [s["name"] for s in second.job.result["steps"]]
@@ -137,12 +148,35 @@ def test_it_restores_the_database_when_a_production_update_is_rolled_back(
     assert installed_version(lab1, "panel_demo") == "16.0.1.0.0"
     assert health(lab1) == {"status": "pass"}
     # The database the failed update left is kept aside, under a name Odoo's db filter does not match.
-    kept = lab1.ssh(*COMPOSE, "exec", "-T", "odoo", "psql", "-d", "postgres", "-tAc",
-                    "SELECT datname FROM pg_database WHERE datname LIKE 'panel_%' ORDER BY 1")  # fmt: skip
-    assert kept.stdout.split() == ["panel_failed_prod"], kept.stdout + kept.stderr
+    assert panel_databases(lab1) == ["panel_failed_prod"]
+    assert "Swapped the databases: prod is the restored one, panel_failed_prod the one the failed deploy left." in (
+        log_text(second)
+    )
     client.force_login(users["alice"])
     page = client.get(f"/deployments/{second.pk}/").content.decode()
     assert f"deployment-{second.pk}.dump" in page and "restored" in page
+
+
+def test_a_restore_that_fails_leaves_the_database_as_it_was(deploy_env, lab1, lab_sample, users) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    commit_update_that_never_gets_healthy(lab_sample, "16.0.1.6.0")
+    second = start_deploy(environment=deploy_env, actor=users["alice"])
+    deadline = time.monotonic() + 120
+    while not any(s["name"] == "Update database" for s in second.job.result.get("steps", [])):
+        assert time.monotonic() < deadline, "the deploy never reached its update step"
+        time.sleep(0.2)
+        second.job.refresh_from_db()
+    # The dump on the server is damaged while the deploy waits for Odoo.
+    second.refresh_from_db()
+    (lab1.home / second.db_snapshot["path"]).write_bytes(b"PGDMP but not a dump")
+    job = wait_job(second.job, timeout=300)
+    second.refresh_from_db()
+    assert job.status == "failed" and second.status == "degraded"
+    assert "Restoring the dump failed" in job.reason and "degraded" in job.reason, job.reason
+    # The database was never stopped, renamed or closed: it is the one the update left, and it takes connections.
+    assert installed_version(lab1, "panel_demo") == "16.0.1.6.0"
+    assert "panel_failed_prod" not in panel_databases(lab1)
 
 
 def test_it_keeps_stored_values_inert_on_the_host(deploy_env, lab1, users) -> None:
