@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,18 @@ def _start_embedded_redis(data_dir: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _wait_until_listening(host: str, port: int, web: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Return once the web server accepts connections, so the printed URL works when it is printed."""
+    address = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
 def main() -> None:
     """Start everything and wait."""
     data_dir = Path(os.environ.get("PANEL_DATA_DIR", ROOT / "var")).resolve()
@@ -136,6 +149,7 @@ def main() -> None:
         ),
         subprocess.Popen([python, "-m", "celery", "-A", "panel", "beat", "-l", "warning"], cwd=ROOT),
     ]
+    _wait_until_listening(host, int(port), children[-3])
     print(f"The panel is running at http://{host}:{port}/ (Ctrl-C stops it).", flush=True)
 
     def stop(*_: object) -> None:
