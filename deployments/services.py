@@ -314,9 +314,14 @@ def _recover(
         deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED_NO_ROLLBACK
         deployment.save(update_fields=["status", "finished_at"])
         _event(deployment, "deploy.failed", Event.Severity.CRITICAL, f"{environment}: {what}")
+        tail = (
+            "A rollback is not rolled back in turn: check the environment, then deploy or roll back again."
+            if deployment.kind == DeploymentKind.ROLLBACK
+            else "There was no earlier successful deployment to restore."
+        )
         if canceled:
-            raise JobCanceled(f"{what}; there was no earlier deployment to restore.")
-        raise JobFailed(f"{what} There was no earlier successful deployment to restore.")
+            raise JobCanceled(f"{what} {tail}")
+        raise JobFailed(f"{what} {tail}")
     context.write(f"Rolling back to deployment #{previous.pk} ({previous.short_commit}) …")
     # The update may have changed the database: put it back too when a dump was taken before it.
     updated = any(step["name"] == "Update database" for step in context.steps)
