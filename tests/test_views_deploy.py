@@ -288,6 +288,11 @@ def test_it_offers_promotion_only_from_a_deployed_staging(users: Any, inventory:
     Environment.objects.filter(pk=staging.pk).update(current_deployment=staged)
     page = client.get(url).content.decode()
     assert "Promote from staging" in page and staged.short_commit in page
+    assert "already running here" not in page
+    # Staging runs what production runs: still offered (to re-apply), and said.
+    Deployment.objects.filter(pk=staged.pk).update(commit=history["new"].commit)
+    assert "(already running here)" in client.get(url).content.decode()
+    Deployment.objects.filter(pk=staged.pk).update(commit=OLD_COMMIT)
     # Not on the staging environment itself.
     assert "Promote from staging" not in client.get(reverse("environment_detail", args=[staging.pk])).content.decode()
     response = client.post(reverse("environment_promote", args=[environment.pk]))
