@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from typing import Any
 
 import pytest
@@ -50,6 +51,15 @@ def deploy(environment: Environment, actor: Any, ref: str = "", timeout: float =
     deployment.refresh_from_db()
     deployment.job.refresh_from_db()
     return deployment
+
+
+def wait_for_step(deployment: Deployment, name: str, timeout: float = 120) -> None:
+    """Wait until the deployment's job has started the step ``name``."""
+    deadline = time.monotonic() + timeout
+    while not any(step["name"] == name for step in deployment.job.result.get("steps", [])):
+        assert time.monotonic() < deadline, f"the deploy never reached its step {name!r}"
+        time.sleep(0.1)
+        deployment.job.refresh_from_db()
 
 
 def health(host: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -13,7 +12,16 @@ from deployments.models import Deployment
 from deployments.services import start_deploy, start_rollback
 from monitoring.models import Event
 from panel.jobs.services import request_cancel
-from tests.deploy_fixtures import COMPOSE, KEY, MANIFEST, deploy, health, installed_version, log_text
+from tests.deploy_fixtures import (
+    COMPOSE,
+    KEY,
+    MANIFEST,
+    deploy,
+    health,
+    installed_version,
+    log_text,
+    wait_for_step,
+)
 from tests.lab_helpers import wait_job
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
@@ -162,11 +170,7 @@ def test_a_restore_that_fails_leaves_the_database_as_it_was(deploy_env, lab1, la
     assert first.job.status == "succeeded", first.job.reason
     commit_update_that_never_gets_healthy(lab_sample, "16.0.1.6.0")
     second = start_deploy(environment=deploy_env, actor=users["alice"])
-    deadline = time.monotonic() + 120
-    while not any(s["name"] == "Update database" for s in second.job.result.get("steps", [])):
-        assert time.monotonic() < deadline, "the deploy never reached its update step"
-        time.sleep(0.2)
-        second.job.refresh_from_db()
+    wait_for_step(second, "Update database")
     # The dump on the server is damaged while the deploy waits for Odoo.
     second.refresh_from_db()
     (lab1.home / second.db_snapshot["path"]).write_bytes(b"PGDMP but not a dump")
@@ -215,13 +219,7 @@ def test_it_interrupts_a_deploy_whose_worker_died_and_the_next_one_succeeds(
     deploy_env, jobs_worker, monitoring_worker, lab1, users
 ) -> None:
     first = start_deploy(environment=deploy_env, actor=users["alice"])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        first.job.refresh_from_db()
-        names = [s["name"] for s in first.job.result.get("steps", [])]
-        if "Build images" in names:
-            break
-        time.sleep(0.2)
+    wait_for_step(first, "Build images")
     jobs_worker.kill()
     job = wait_job(first.job, timeout=60, statuses=("interrupted",))
     assert "stopped responding" in job.reason
@@ -240,12 +238,7 @@ def test_it_cancels_a_running_deploy_at_a_step_boundary(deploy_env, lab1, lab_sa
     assert first.job.status == "succeeded", first.job.reason
     bump_manifest(lab_sample, "16.0.2.0.0")
     second = start_deploy(environment=deploy_env, actor=users["alice"])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        second.job.refresh_from_db()
-        if any(s["name"] == "Build images" for s in second.job.result.get("steps", [])):
-            break
-        time.sleep(0.1)
+    wait_for_step(second, "Build images")
     request_cancel(second.job)
     job = wait_job(second.job, timeout=120)
     assert job.status == "canceled"
