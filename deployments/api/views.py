@@ -39,15 +39,11 @@ from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user, get_for_user
 from panel.jobs.api.serializers import JobBusySerializer
+from panel.jobs.api.views import busy_response
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
 
 STARTED_RESPONSES = {202: DeploymentStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer}
-
-
-def busy_response(exc: TargetBusy) -> Response:
-    """409 naming the job that holds the environment."""
-    return Response({"detail": str(exc), "job": exc.job.pk if exc.job else None}, status=status.HTTP_409_CONFLICT)
 
 
 def started_response(deployment: Deployment, context: dict[str, Any]) -> Response:

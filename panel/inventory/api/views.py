@@ -31,6 +31,7 @@ from panel.inventory.api.serializers import (
 )
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
+from panel.jobs.api.views import busy_response
 from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
@@ -100,9 +101,7 @@ class ServerViewSet(ScopedModelViewSet):
         try:
             job = services.start_validation(server=server, actor=request.user)
         except TargetBusy as exc:
-            return Response(
-                {"detail": str(exc), "job": exc.job.pk if exc.job else None}, status=status.HTTP_409_CONFLICT
-            )
+            return busy_response(exc)
         return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
 
 

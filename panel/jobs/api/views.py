@@ -21,7 +21,12 @@ from panel.accounts.scoping import for_user, get_for_user
 from panel.accounts.services import record
 from panel.jobs.api.serializers import JobFilterSerializer, JobLinesQuerySerializer, JobLinesSerializer, JobSerializer
 from panel.jobs.models import Job
-from panel.jobs.services import request_cancel, serialize_line
+from panel.jobs.services import TargetBusy, request_cancel, serialize_line
+
+
+def busy_response(exc: TargetBusy) -> Response:
+    """409 naming the job that holds the target (the API twin of ``panel.jobs.views.busy_message``)."""
+    return Response({"detail": str(exc), "job": exc.job.pk if exc.job else None}, status=status.HTTP_409_CONFLICT)
 
 
 @extend_schema_view(
