@@ -54,7 +54,7 @@ HEALTH_MARKER = "@@panel-health@@"
 HEALTH_SCRIPT = (
     "t=$(mktemp) || exit 1; "
     '"$@" exec -T odoo curl -fsS --max-time 5 http://localhost:8069/web/health >"$t" 2>&1 </dev/null & '
-    '"$@" ps --all --format json </dev/null; wait $!; rc=$?; echo "@@panel-health@@"; cat "$t"; rm -f "$t"; exit $rc'
+    f'"$@" ps --all --format json </dev/null; wait $!; rc=$?; echo "{HEALTH_MARKER}"; cat "$t"; rm -f "$t"; exit $rc'
 )
 DESCRIBE_SCRIPT = (
     'git -C "$1" log -1 --format=%s "$2"; echo ---; '
@@ -407,12 +407,12 @@ class Pipeline:
         result = self.capture(
             ["sh", "-c", SNAPSHOT_SCRIPT, "sh", directory, name, keep, *dump], timeout=settings.DEPLOY_UPDATE_TIMEOUT
         )
-        size = result.stdout.strip().splitlines()[-1:] if result.ok else []
-        if not size or not size[0].isdigit():
+        size = result.stdout.strip().rpartition("\n")[2] if result.ok else ""
+        if not size.isdigit():
             raise StepFailed(f"Could not dump the database before the update: {result.stderr.strip()[-300:]}")
-        snapshot = {"path": f"{directory}/{name}", "bytes": int(size[0])}
+        snapshot = {"path": f"{directory}/{name}", "bytes": int(size)}
         self.context.write(
-            f"Dumped the database to {snapshot['path']} ({int(size[0]) / 1e6:.1f} MB in "
+            f"Dumped the database to {snapshot['path']} ({int(size) / 1e6:.1f} MB in "
             f"{time.monotonic() - started:.1f} s); the newest {keep} dumps are kept."
         )
         return snapshot

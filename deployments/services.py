@@ -343,12 +343,11 @@ def _recover(
         raise JobFailed(message) from rollback_error
     deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED
     deployment.rollback = {"to": previous.pk, "outcome": "succeeded"}
-    if snapshot:
-        deployment.rollback["database"] = "restored"
-    deployment.save(update_fields=["status", "finished_at", "rollback"])
     restored = f"Rolled back to deployment #{previous.pk} ({previous.short_commit}), which is serving again."
     if snapshot:
+        deployment.rollback["database"] = "restored"
         restored += " The database was restored from the dump taken before the update."
+    deployment.save(update_fields=["status", "finished_at", "rollback"])
     _event(deployment, "deploy.rolled_back", Event.Severity.WARNING, f"{environment}: {what} {restored}")
     if canceled:
         raise JobCanceled(f"Canceled. {restored}")

@@ -113,23 +113,24 @@ def main() -> None:
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], check=True, cwd=ROOT)
     subprocess.run([*manage, "collectstatic", "--noinput", "-v", "0"], check=True, cwd=ROOT)
     subprocess.run([*manage, "bootstrap", "--url", f"http://{host}:{port}/"], check=True, cwd=ROOT)
+    web = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "uvicorn",
+            "panel.asgi:application",
+            "--host",
+            host,
+            "--port",
+            port,
+            "--proxy-headers",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+    )
+    children.append(web)
     children += [
-        subprocess.Popen(
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "panel.asgi:application",
-                "--host",
-                host,
-                "--port",
-                port,
-                "--proxy-headers",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-        ),
         subprocess.Popen(
             [
                 python,
@@ -149,7 +150,7 @@ def main() -> None:
         ),
         subprocess.Popen([python, "-m", "celery", "-A", "panel", "beat", "-l", "warning"], cwd=ROOT),
     ]
-    _wait_until_listening(host, int(port), children[-3])
+    _wait_until_listening(host, int(port), web)
     print(f"The panel is running at http://{host}:{port}/ (Ctrl-C stops it).", flush=True)
 
     def stop(*_: object) -> None:
