@@ -163,6 +163,11 @@ def test_it_restores_the_database_when_a_production_update_is_rolled_back(
     client.force_login(users["alice"])
     page = client.get(f"/deployments/{second.pk}/").content.decode()
     assert f"deployment-{second.pk}.dump" in page and "restored" in page
+    body = client.get(f"/api/v1/deployments/{second.pk}/").json()
+    assert body["db_snapshot"] == second.db_snapshot and body["rollback"]["database"] == "restored"
+    client.force_login(users["carol"])  # a customer: neither the dump nor the rollback details
+    body = client.get(f"/api/v1/deployments/{second.pk}/").json()
+    assert body["status"] == "failed" and not {"db_snapshot", "rollback"} & set(body)
 
 
 def test_a_restore_that_fails_leaves_the_database_as_it_was(deploy_env, lab1, lab_sample, users) -> None:
