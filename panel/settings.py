@@ -185,6 +185,11 @@ JOB_LOG_BATCH_LINES = envint("JOB_LOG_BATCH_LINES", 100, minimum=1)
 JOB_LOG_FLUSH_INTERVAL = envfloat("JOB_LOG_FLUSH_INTERVAL", 0.2)
 JOB_LOG_PAGE_SIZE = envint("JOB_LOG_PAGE_SIZE", 1000, minimum=1)
 JOB_LOG_MAX_LINE = envint("JOB_LOG_MAX_LINE", 8192, minimum=80)
+# Live log sockets: a running job's socket that heard nothing for this long catches up from the database, re-reads
+# the status and joins its group again (live pushes are best effort: a Redis flush drops groups and messages).
+JOB_WS_QUIET_SECONDS = envfloat("JOB_WS_QUIET_SECONDS", 3.0)
+# How often an open socket re-checks its session and the user's access (and before sending after that long).
+JOB_WS_ACCESS_CHECK_SECONDS = envfloat("JOB_WS_ACCESS_CHECK_SECONDS", 5.0)
 
 # Accounts.
 LOGIN_LOCKOUT_ATTEMPTS = envint("LOGIN_LOCKOUT_ATTEMPTS", 5, minimum=1)
