@@ -26,6 +26,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = PANEL_HTTPS
 SECURE_HSTS_PRELOAD = envbool("PANEL_HSTS_PRELOAD", PANEL_HTTPS)
 if envbool("PANEL_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Reverse proxies (IPs and CIDRs; "none" for no one) whose X-Forwarded-For names the client: the audit log and the
+# login lockout see the client, not the proxy. uvicorn's --forwarded-allow-ips must not trust more than this
+# (docker-compose.yml and the launcher give it the same list); see panel.accounts.services.client_ip.
+PANEL_TRUSTED_PROXIES = envlist("PANEL_TRUSTED_PROXIES", "127.0.0.1,::1")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True

@@ -129,6 +129,10 @@ def live_server_url(django_db_setup: Any, process_logs: Path) -> Iterator[str]:
             "127.0.0.1",
             "--port",
             str(port),
+            # As docker-compose.yml runs it: uvicorn trusts the same proxies as Django (loopback in the tests).
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            ",".join(settings.PANEL_TRUSTED_PROXIES),
             "--log-level",
             "warning",
         ],

@@ -10,3 +10,7 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from panel.accounts import signals  # noqa: F401
+        from panel.accounts.services import trusted_proxies
+
+        # Fail at start-up on a malformed PANEL_TRUSTED_PROXIES, not on the first request.
+        trusted_proxies()

@@ -3,8 +3,10 @@ invitations."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from datetime import timedelta
@@ -12,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -25,11 +27,82 @@ logger = logging.getLogger(__name__)
 TOKEN_PREFIX = "dp"
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.cache
+def trusted_proxies() -> tuple[IPNetwork, ...]:
+    """The networks of ``PANEL_TRUSTED_PROXIES`` (single addresses become /32 or /128); ``none`` trusts nobody.
+
+    Parsed once, at start-up (``AccountsConfig.ready``), so a typo stops the panel instead of trusting nobody or
+    everybody by accident.
+    """
+    networks: list[IPNetwork] = []
+    for entry in settings.PANEL_TRUSTED_PROXIES:
+        if entry.lower() == "none":
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"PANEL_TRUSTED_PROXIES holds {entry!r}, which is neither an IP address nor a network (CIDR)."
+            ) from exc
+    return tuple(networks)
+
+
+def _is_trusted_proxy(address: IPAddress) -> bool:
+    return any(address in network for network in trusted_proxies())
+
+
+def _forwarded_address(value: str) -> IPAddress | None:
+    """An address as proxies and ASGI servers write it: bare, ``v4:port`` or ``[v6]:port``; None if it is none."""
+    value = value.strip()
+    if value.startswith("["):
+        value = value[1 : value.find("]")] if "]" in value else value
+    elif value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; compare and record them as IPv4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def client_ip(request: HttpRequest | None) -> str | None:
-    """The caller's address as the ASGI server saw it."""
+    """The address of the person behind a request: the one place that decides it (audit log, login lockout).
+
+    ``X-Forwarded-For`` is believed only when the connecting peer is a trusted proxy (``PANEL_TRUSTED_PROXIES``):
+    walking it from the right (each proxy appends the address it saw), trusted proxies are skipped and the first
+    untrusted address is the client. A header sent by anyone else is ignored, so it cannot be spoofed.
+    When every hop is trusted, the leftmost one is the client. An unreadable hop where the client should be gives
+    None (unknown) rather than a guess.
+
+    uvicorn (``--proxy-headers --forwarded-allow-ips``) applies the same rule before Django sees the request and
+    puts its answer in ``REMOTE_ADDR``; that answer is then an untrusted address and is taken as it is, so the two
+    layers agree as long as uvicorn trusts no more proxies than this setting does (docker-compose.yml and the
+    launcher pass it the same list).
+    """
     if request is None:
         return None
-    return request.META.get("REMOTE_ADDR") or None
+    peer = _forwarded_address(request.META.get("REMOTE_ADDR") or "")
+    if peer is None:
+        return None
+    if not _is_trusted_proxy(peer):
+        return str(peer)
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR") or ""
+    client = peer
+    for hop in reversed(forwarded.split(",") if forwarded.strip() else []):
+        address = _forwarded_address(hop)
+        if address is None:
+            return None
+        client = address
+        if not _is_trusted_proxy(address):
+            break
+    return str(client)
 
 
 def record(
@@ -79,10 +152,19 @@ def _organization_of(obj: models.Model) -> Organization | None:
     return current if isinstance(current, Organization) else None
 
 
+# Refused passwords and refused two-factor codes both count toward the lockout.
+FAILED_LOGIN_ACTIONS = ("login.failed", "two_factor.failed")
+
+
 def login_is_locked(*, username: str, ip: str | None) -> bool:
-    """True after too many failed logins for this user name or this address within the lockout window."""
+    """True after too many failed logins for this user name or from this address within the lockout window.
+
+    A user name is locked after ``LOGIN_LOCKOUT_ATTEMPTS`` failures from anywhere; an address after four times as
+    many, whatever names it tried. The address is the client's (``client_ip``), never a trusted proxy's, so a flood
+    of made-up names locks out that address only, and other addresses and real users elsewhere log in as usual.
+    """
     since = timezone.now() - timedelta(seconds=settings.LOGIN_LOCKOUT_SECONDS)
-    failures = AuditEvent.objects.filter(action="login.failed", created_at__gte=since)
+    failures = AuditEvent.objects.filter(action__in=FAILED_LOGIN_ACTIONS, created_at__gte=since)
     by_name = failures.filter(detail__username=username.lower()[:150]).count()
     by_ip = failures.filter(ip=ip).count() if ip else 0
     limit = settings.LOGIN_LOCKOUT_ATTEMPTS
