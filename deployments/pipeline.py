@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from panel.inventory.models import Environment, Project
+from panel.inventory.services import environment_directory
 from panel.jobs.runner import JobContext, JobFailed
 from panel.remote import CommandResult, RemoteError, Target, run, run_capture
 from panel.validators import check_git_url_policy
@@ -124,18 +125,39 @@ def secret_file_for(name: str) -> str:
     return "odoo.env"
 
 
+def env_file_value(value: str) -> str:
+    r"""One value as compose-go's dotenv parser (``dotenv/parser.go``) reads it back exactly: in double quotes.
+
+    Single quotes cannot carry every value: inside them the parser keeps a backslash except before a quote, where
+    it drops it, so ``a\\b`` arrives with both backslashes and a backslash before a ``'`` has no spelling at all.
+    In double quotes it keeps escape pairs while looking for the closing quote (``\"`` is not the end), then
+    expands ``\\ \" \$ \n \t \0NNN ...`` and interpolates ``$``. So a backslash is written ``\\``, a double quote
+    ``\"`` and a dollar sign ``$$``; everything else (tabs, ``#``, ``'``, ``=``, spaces at either end, any Unicode)
+    as it is. Line breaks, NUL and the other control characters never get here (``validate_env_value``).
+    """
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
+
+
 def env_file_text(values: dict[str, str]) -> str:
-    """A compose ``env_file``: single-quoted values are taken literally (no ``$`` interpolation)."""
-    lines = []
-    for name in sorted(values):
-        value = values[name].replace("\\", "\\\\").replace("'", "\\'")
-        lines.append(f"{name}='{value}'")
-    return "".join(f"{line}\n" for line in lines)
+    """A compose ``env_file`` whose values reach the container byte for byte (``env_file_value``)."""
+    return "".join(f"{name}={env_file_value(values[name])}\n" for name in sorted(values))
 
 
 def compose_escape(value: str) -> str:
     """Compose interpolates ``$`` in compose files: double it so values stay literal."""
     return value.replace("$", "$$")
+
+
+# YAML (go-yaml, which compose uses) refuses C0/C1 control characters, U+FEFF and U+FFFE/U+FFFF in the text, takes
+# U+0085, U+2028 and U+2029 as line breaks, and refuses \u escapes of surrogates (JSON's spelling of astral
+# characters): so only printable ASCII and astral characters stay as they are, every other one is a \u escape.
+YAML_ESCAPE_RE = re.compile("[^\n\x20-\x7e\U00010000-\U0010ffff]")
+
+
+def compose_file_text(document: dict[str, Any]) -> str:
+    """A compose file as JSON (which is YAML) that go-yaml reads back with every string unchanged."""
+    text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
+    return YAML_ESCAPE_RE.sub(lambda match: f"\\u{ord(match.group()):04x}", text) + "\n"
 
 
 def image_ref(environment: Environment, service: str, commit: str) -> str:
@@ -189,7 +211,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.target = Target.for_server(self.environment.server)
-        self.root = f"{settings.DEPLOY_ROOT}/{self.environment.compose_project}"
+        self.root = environment_directory(self.environment)
         self.src = f"{self.root}/src"
 
     # -- remote commands ---------------------------------------------------------------------------
@@ -321,7 +343,7 @@ class Pipeline:
 
     def write_override(self, override: dict[str, Any]) -> None:
         """Write the panel override (JSON is YAML) and check the combined configuration."""
-        self.upload({f"src/{OVERRIDE_FILE}": json.dumps(override, indent=2, sort_keys=True) + "\n"})
+        self.upload({f"src/{OVERRIDE_FILE}": compose_file_text(override)})
         check = self.capture(self.compose("config", "--quiet"))
         if not check.ok:
             raise StepFailed(f"The compose configuration with the panel's override is not valid: {check.stderr[-500:]}")

@@ -21,6 +21,7 @@ from monitoring.models import Event
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
 from panel.inventory.models import Environment
+from panel.inventory.services import environment_hold, finish_changing, mark_changing
 from panel.jobs import services as jobs
 from panel.jobs.choices import JobKind
 from panel.jobs.runner import JobCanceled, JobContext, JobFailed, handler
@@ -258,16 +259,21 @@ def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment,
         pipeline.wait_healthy()
 
 
-@handler(JobKind.DEPLOY)
-@handler(JobKind.ROLLBACK)
+@handler(JobKind.DEPLOY, hold=environment_hold)
+@handler(JobKind.ROLLBACK, hold=environment_hold)
 def run_deployment(context: JobContext) -> dict[str, Any]:
-    """Run a deploy, promotion or rollback; on failure put the previous deployment back automatically."""
+    """Run a deploy, promotion or rollback; on failure put the previous deployment back automatically.
+
+    The environment records the job as changing it before anything runs on the server; only an outcome this
+    function reaches clears that (an interrupted job leaves the environment *needs attention*).
+    """
     deployment = Deployment.objects.select_related("environment__project", "environment__server", "source").get(
         pk=context.job.params["deployment_id"]
     )
     environment = deployment.environment
     pipeline = Pipeline(context, environment, deployment.pk)
     previous = deployment.previous if deployment.previous and deployment.previous.commit else None
+    mark_changing(environment=environment, job=context.job)
     try:
         if deployment.kind == DeploymentKind.ROLLBACK:
             assert deployment.source is not None
@@ -288,6 +294,7 @@ def run_deployment(context: JobContext) -> dict[str, Any]:
         current_deployment=deployment.source if deployment.kind == DeploymentKind.ROLLBACK else deployment,
         degraded=False,
     )
+    finish_changing(environment=environment, job=context.job, proven=True)
     _event(deployment, "deploy.succeeded", Event.Severity.INFO,
            f"{environment}: deployment #{deployment.pk} of {deployment.short_commit} succeeded.")  # fmt: skip
     return {"deployment": deployment.pk, "commit": deployment.commit}
@@ -306,6 +313,7 @@ def _recover(
         # Nothing changed on the server yet (the fetch itself failed, or canceled before it).
         deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED_NO_ROLLBACK
         deployment.save(update_fields=["status", "finished_at"])
+        finish_changing(environment=environment, job=context.job, proven=False)
         _event(deployment, "deploy.failed", Event.Severity.WARNING, f"{environment}: {what}")
         if canceled:
             raise JobCanceled(f"{what} Nothing was changed on the server.")
@@ -313,6 +321,12 @@ def _recover(
     if previous is None or deployment.kind == DeploymentKind.ROLLBACK:
         deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED_NO_ROLLBACK
         deployment.save(update_fields=["status", "finished_at"])
+        if deployment.kind == DeploymentKind.ROLLBACK:
+            # Something ran before and the rollback changed it half-way (a failed first deploy leaves nothing).
+            Environment.objects.filter(pk=environment.pk).update(
+                attention=f"{what} Nothing was put back in place: what runs on the server is not known."
+            )
+        finish_changing(environment=environment, job=context.job, proven=False)
         _event(deployment, "deploy.failed", Event.Severity.CRITICAL, f"{environment}: {what}")
         tail = (
             "A rollback is not rolled back in turn: check the environment, then deploy or roll back again."
@@ -335,6 +349,7 @@ def _recover(
         deployment.rollback = {"to": previous.pk, "outcome": "failed", "reason": str(rollback_error)}
         deployment.save(update_fields=["status", "finished_at", "rollback"])
         Environment.objects.filter(pk=environment.pk).update(degraded=True)
+        finish_changing(environment=environment, job=context.job, proven=False)
         message = (
             f"{what} The automatic rollback to deployment #{previous.pk} ({previous.short_commit}) failed too: "
             f"{rollback_error} The environment is degraded: check the server and deploy again."
@@ -348,6 +363,7 @@ def _recover(
         deployment.rollback["database"] = "restored"
         restored += " The database was restored from the dump taken before the update."
     deployment.save(update_fields=["status", "finished_at", "rollback"])
+    finish_changing(environment=environment, job=context.job, proven=True)
     _event(deployment, "deploy.rolled_back", Event.Severity.WARNING, f"{environment}: {what} {restored}")
     if canceled:
         raise JobCanceled(f"Canceled. {restored}")

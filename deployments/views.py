@@ -9,7 +9,6 @@ every state change needs ``Action.CHANGE`` and a POST. The ``start_*`` services 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import messages
@@ -26,7 +25,9 @@ from deployments.models import Deployment
 from panel.accounts.choices import Action
 from panel.accounts.scoping import can, for_user, get_for_user
 from panel.inventory.choices import EnvironmentKind
+from panel.inventory.display import Badge, state_badges
 from panel.inventory.models import Environment
+from panel.inventory.services import environment_state
 from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
@@ -48,15 +49,6 @@ CONFIG_LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class Badge:
-    """A status badge: its text, CSS modifier and a longer explanation (title)."""
-
-    label: str
-    css: str
-    title: str = ""
-
-
 def status_badge(deployment: Deployment) -> Badge:
     """The badge of a deployment's (effective) status."""
     status = deployment.effective_status
@@ -73,22 +65,6 @@ def running_deployment(environment: Environment) -> Deployment | None:
     return (
         Deployment.objects.filter(environment=environment, job__status__in=ACTIVE_STATES).select_related("job").first()
     )
-
-
-def environment_state(environment: Environment, running: Deployment | None = None) -> list[Badge]:
-    """The environment's deployment state: not deployed, deploying, running <commit>, and degraded in red."""
-    badges: list[Badge] = []
-    if environment.degraded:
-        badges.append(Badge("degraded", "alarm", "A deploy failed and so did its rollback: check the server."))
-    if running is not None:
-        verb = "rolling back" if running.kind == DeploymentKind.ROLLBACK else "deploying"
-        badges.append(Badge(verb, "running", f"Deployment #{running.pk} of {running.ref}"))
-    current = environment.current_deployment
-    if current is not None:
-        badges.append(Badge(f"running {current.short_commit}", "succeeded", current.commit_subject))
-    elif running is None and not environment.degraded:
-        badges.append(Badge("not deployed", "none", "Nothing has been deployed by the panel yet."))
-    return badges
 
 
 def promotion_source(environment: Environment) -> Deployment | None:
@@ -118,6 +94,7 @@ def environment_context(
     """The deployment part of the environment page: state, current deployment, actions and history."""
     running = running_deployment(environment)
     current = environment.current_deployment
+    state = environment_state(environment, active_job=running.job if running is not None else None)
     deployments = list(
         for_user(Deployment, request.user, Action.VIEW)
         .filter(environment=environment)
@@ -133,7 +110,8 @@ def environment_context(
         for deployment in deployments
     ]
     context: dict[str, Any] = {
-        "state": environment_state(environment, running),
+        "state": state_badges(state, customer=not show_details),
+        "environment_state": state,
         "current_deployment": current,
         "history": history,
         "running_deployment": running if show_details else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from panel.env import envbool, envchoice, envfloat, envint, envlist, envstr
 
@@ -68,6 +69,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "panel.jobs.middleware.QueueUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "panel.urls"
@@ -147,7 +149,23 @@ CELERY_TASK_ROUTES = {
     "panel.jobs.tasks.reap_stale_jobs": {"queue": "monitoring"},
     "monitoring.*": {"queue": "monitoring"},
 }
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)}
+# Ride out broker restarts: a worker retries the connection forever (at start and after a loss) instead of
+# exiting, and a running job keeps running through the outage: cancelling it on connection loss (acks_late's
+# usual remedy) would kill a deploy half-way, and its redelivery would do nothing (the job is already claimed).
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60),
+    # Notice a dead or half-open connection (TCP keepalive, a PING on idle connections), bound a command on
+    # one (a publish must not hang the request that makes it), and retry a command that timed out once.
+    "socket_keepalive": True,
+    "socket_connect_timeout": envfloat("CELERY_BROKER_CONNECT_TIMEOUT", 5.0),
+    "socket_timeout": envfloat("CELERY_BROKER_SOCKET_TIMEOUT", 30.0),
+    "health_check_interval": envint("CELERY_BROKER_HEALTH_CHECK_INTERVAL", 10, minimum=1),
+    "retry_on_timeout": True,
+}
 CELERY_BEAT_SCHEDULER = envstr("CELERY_BEAT_SCHEDULER", "django_celery_beat.schedulers:DatabaseScheduler")
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -185,6 +203,17 @@ DEPLOY_DB_SNAPSHOT_KEEP = envint("DEPLOY_DB_SNAPSHOT_KEEP", 3, minimum=1)
 JOB_HEARTBEAT_INTERVAL = envfloat("JOB_HEARTBEAT_INTERVAL", 5.0)
 JOB_STALE_AFTER = envfloat("JOB_STALE_AFTER", 60.0)
 JOB_REAPER_INTERVAL = envfloat("JOB_REAPER_INTERVAL", 30.0)
+# A job that cannot write to the database for this long (or whose heartbeat is refused) stops its remote work
+# at once; shorter than JOB_STALE_AFTER, so a job has stopped before the reaper frees its target.
+JOB_LEASE_SECONDS = envfloat("JOB_LEASE_SECONDS", JOB_STALE_AFTER / 2)
+if not 0 < JOB_LEASE_SECONDS < JOB_STALE_AFTER:
+    raise ImproperlyConfigured("JOB_LEASE_SECONDS must be positive and shorter than JOB_STALE_AFTER.")
+# How long a worker keeps retrying the final write of a job's lines and outcome while the database is away.
+JOB_FINISH_RETRY_SECONDS = envfloat("JOB_FINISH_RETRY_SECONDS", 300.0)
+# Queued jobs that no worker took within this time are published once more, then ended as failed.
+JOB_QUEUE_TIMEOUT = envfloat("JOB_QUEUE_TIMEOUT", 600.0)
+# How long a job waits for another job's lock on the server (the second line of defence) before it fails.
+JOB_SERVER_LOCK_WAIT = envfloat("JOB_SERVER_LOCK_WAIT", 60.0)
 JOB_LOG_BATCH_LINES = envint("JOB_LOG_BATCH_LINES", 100, minimum=1)
 JOB_LOG_FLUSH_INTERVAL = envfloat("JOB_LOG_FLUSH_INTERVAL", 0.2)
 JOB_LOG_PAGE_SIZE = envint("JOB_LOG_PAGE_SIZE", 1000, minimum=1)

@@ -125,6 +125,7 @@ def test_it_gives_customers_a_reduced_read_only_view(users: Any, inventory: Any,
             "domain": "",
             "project": inventory["project_a"].pk,
             "state": "deploying",  # the jobs fixture queued a deploy job there
+            "state_detail": "Deploying.",
         }
     ]
     job = carol.get(f"/api/v1/jobs/{jobs['env_a'].pk}/").json()

@@ -54,7 +54,7 @@ def test_a_deploy_with_nothing_to_roll_back_to_says_so_in_one_sentence(
     steps = [dict(step) for step in STEPS_DONE]
     if not canceled:
         steps[-1]["status"] = "failed"
-    context = SimpleNamespace(steps=steps, write=lambda text: None)
+    context = SimpleNamespace(steps=steps, write=lambda text: None, job=job)
     error = JobCanceled("Canceled.") if canceled else JobFailed("boom")
     with pytest.raises(JobCanceled if canceled else JobFailed) as raised:
         _recover(context, None, deployment, None, error)  # type: ignore[arg-type]

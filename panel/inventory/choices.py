@@ -21,4 +21,14 @@ class EnvironmentKind(models.TextChoices):
     DEVELOPMENT = "development", "Development"
 
 
+class EnvironmentState(models.TextChoices):
+    """What runs on an environment, as the panel knows it (``panel.inventory.services.environment_state``)."""
+
+    NOT_DEPLOYED = "not deployed", "Not deployed"
+    DEPLOYING = "deploying", "Deploying"
+    RUNNING = "running", "Running"
+    NEEDS_ATTENTION = "needs attention", "Needs attention"
+    DEGRADED = "degraded", "Degraded"
+
+
 ODOO_VERSIONS = ["11.0", "12.0", "13.0", "14.0", "15.0", "16.0", "17.0", "18.0", "19.0"]

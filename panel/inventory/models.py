@@ -143,6 +143,18 @@ class Environment(models.Model):
         "deployments.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     degraded = models.BooleanField(default=False, help_text="A deploy failed and so did its rollback.")
+    changing_job = models.ForeignKey(
+        "jobs.Job",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The job changing what runs on the server; set before it changes anything, cleared when it "
+        "finishes cleanly. Still set once that job has ended: it ended uncleanly.",
+    )
+    attention = models.TextField(
+        blank=True, help_text="Why the environment needs attention, until a deploy or a health check proves it runs."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     scope_organization = "project__organization"

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from panel.accounts.models import Organization
 from panel.accounts.services import record
-from panel.inventory.choices import ServerStatus
+from panel.inventory.choices import EnvironmentState, ServerStatus
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs import services as jobs
-from panel.jobs.choices import JobKind
+from panel.jobs.choices import ACTIVE_STATES, DEPLOY_JOB_KINDS, JobKind
 from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
 from panel.remote import (
@@ -26,6 +29,7 @@ from panel.remote import (
     run_capture,
 )
 from panel.remote.docker import docker_client
+from panel.remote.session import Hold, hold
 from panel.remote.ssh import public_line_of
 
 
@@ -272,3 +276,117 @@ def check_server_allowed(*, project: Project, server: Server) -> None:
         from django.core.exceptions import ValidationError
 
         raise ValidationError({"server": "Choose a server of this organization or of its provider."})
+
+
+# -- what runs on an environment: the one place that says so ------------------------------------------------------
+
+
+def environment_directory(environment: Environment) -> str:
+    """The environment's directory on its server, relative to the SSH user's home (``DEPLOY_ROOT/<project>``)."""
+    return f"{settings.DEPLOY_ROOT}/{environment.compose_project}"
+
+
+def environment_hold(context: JobContext) -> AbstractContextManager[Hold]:
+    """Hold the job's environment on its server (``flock`` in its directory) for the whole job.
+
+    Every mutating environment job registers it (``@handler(kind, hold=environment_hold)``): two jobs then never
+    touch one compose project at once, even if the database lock is lost, and nothing a job started survives it.
+    """
+    environment = Environment.objects.select_related("server").get(jobs=context.job)
+    return hold(
+        Target.for_server(environment.server),
+        job_id=context.job.pk,
+        directory=environment_directory(environment),
+        compose_project=environment.compose_project,
+        wait=settings.JOB_SERVER_LOCK_WAIT,
+        on_message=context.write,
+    )
+
+
+def unclean_end(job: Job) -> str:
+    """Why an environment needs attention after ``job`` ended without a clean finish."""
+    return (
+        f"{job.get_kind_display()} #{job.pk} did not finish cleanly ({job.get_status_display().lower()}: "
+        f"{job.reason or 'no reason was recorded'}) while it was changing what runs on the server, so what runs "
+        "there now is not known. Deploy again, or check the environment's health."
+    )
+
+
+def mark_changing(*, environment: Environment, job: Job) -> None:
+    """Record, before a job changes what runs on the server, that it is doing so.
+
+    If it ends without ``finish_changing``, the environment shows *needs attention* until proven otherwise. An
+    earlier unclean end is kept as the environment's ``attention`` text, so a later job that changes nothing
+    (a failed fetch) does not hide it.
+    """
+    with transaction.atomic():
+        current = Environment.objects.select_for_update().select_related("changing_job").get(pk=environment.pk)
+        previous = current.changing_job
+        if previous is not None and previous.pk != job.pk and previous.is_terminal and not current.attention:
+            current.attention = unclean_end(previous)
+        current.changing_job = job
+        current.save(update_fields=["changing_job", "attention"])
+
+
+def finish_changing(*, environment: Environment, job: Job, proven: bool) -> None:
+    """``job`` finished cleanly; ``proven``: what runs was checked healthy, which ends any *needs attention*."""
+    Environment.objects.filter(pk=environment.pk, changing_job=job).update(changing_job=None)
+    if proven:
+        Environment.objects.filter(pk=environment.pk).update(attention="")
+
+
+@dataclass(frozen=True)
+class State:
+    """An environment's state: the same for the page, the API, customers and the status page."""
+
+    code: str  # EnvironmentState
+    label: str
+    detail: str = ""
+    customer_detail: str = ""
+    commit: str = ""
+    job_id: int | None = None
+
+    @property
+    def alarming(self) -> bool:
+        """Shown in red: what runs may not serve."""
+        return self.code in (EnvironmentState.NEEDS_ATTENTION, EnvironmentState.DEGRADED)
+
+
+def environment_state(environment: Environment, *, active_job: Job | bool | None = False) -> State:
+    """Derive the environment's state from what the panel recorded (never from what it last believed).
+
+    ``active_job``: the queued or running deploy/rollback job if the caller already looked it up (``None`` for
+    none); by default it is looked up here.
+    """
+    if active_job is False:
+        active_job = (
+            Job.objects.filter(environment=environment, kind__in=DEPLOY_JOB_KINDS, status__in=ACTIVE_STATES)
+            .order_by("created_at")
+            .first()
+        )
+    current = environment.current_deployment
+    commit = current.commit if current is not None else ""
+    if isinstance(active_job, Job):
+        verb = "rolling back" if active_job.kind == JobKind.ROLLBACK else "deploying"
+        return State(
+            EnvironmentState.DEPLOYING, verb, f"{active_job} is {active_job.status}.", verb.capitalize() + ".",
+            commit, active_job.pk,
+        )  # fmt: skip
+    changing = environment.changing_job
+    attention = environment.attention
+    if changing is not None and changing.is_terminal:
+        attention = unclean_end(changing)
+    if attention:
+        return State(
+            EnvironmentState.NEEDS_ATTENTION, "needs attention", attention,
+            "A change to this instance did not finish cleanly; the hosting team has to check it.", commit,
+        )  # fmt: skip
+    if environment.degraded:
+        return State(
+            EnvironmentState.DEGRADED, "degraded", "A deploy failed and so did its rollback: check the server.",
+            "The last update failed and could not be undone automatically; the hosting team has to check it.",
+            commit,
+        )  # fmt: skip
+    if current is None:
+        return State(EnvironmentState.NOT_DEPLOYED, "not deployed", "Nothing has been deployed by the panel yet.")
+    return State(EnvironmentState.RUNNING, f"running {commit[:12]}", current.commit_subject, "", commit)

@@ -18,13 +18,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from deployments.views import environment_context, environment_state, running_deployment
+from deployments.views import environment_context
 from panel.accounts.choices import Action
 from panel.accounts.context import current_organization
 from panel.accounts.models import Organization
 from panel.accounts.scoping import can, for_user, get_for_user
 from panel.accounts.services import record
 from panel.inventory import services
+from panel.inventory.display import state_badges
 from panel.inventory.forms import (
     EnvironmentForm,
     ProjectForm,
@@ -277,7 +278,10 @@ def environment_status(request: HttpRequest, environments: QuerySet[Environment]
         {
             "environment": environment,
             "latest_job": jobs.filter(environment=environment).first(),
-            "state": environment_state(environment, running_deployment(environment)),
+            "state": state_badges(
+                services.environment_state(environment),
+                customer=not can(request.user, Action.VIEW_DETAILS, environment),
+            ),
         }
         for environment in environments
     ]

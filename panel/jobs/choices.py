@@ -36,3 +36,7 @@ class LogStream(models.TextChoices):
     STDOUT = "out", "stdout"
     STDERR = "err", "stderr"
     PANEL = "panel", "panel"
+
+
+# Jobs that change which version of an environment runs (its state shows "deploying" while one is active).
+DEPLOY_JOB_KINDS = (JobKind.DEPLOY, JobKind.ROLLBACK)

@@ -38,6 +38,8 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    published_at = models.DateTimeField(null=True, blank=True, help_text="When its task was last handed to the broker.")
+    publish_count = models.PositiveSmallIntegerField(default=0)
     last_seq = models.PositiveIntegerField(default=0)
 
     scope_organization = "organization"

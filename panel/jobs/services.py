@@ -7,12 +7,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from panel.accounts.models import Organization
@@ -21,6 +22,53 @@ from panel.jobs.models import Job, JobLogLine
 from panel.jobs.publisher import publish
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# What a lost or restarted database raises; a connection that raised one is closed, never reused.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
+class DatabaseUnreachable(Exception):
+    """The panel's database did not answer within the time allowed."""
+
+
+class QueueUnavailable(Exception):
+    """The job could not be handed to the workers (the broker is unreachable); it was ended, nothing runs."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        super().__init__(
+            "The panel could not queue this job: its message broker (Redis) is unreachable. Nothing was started "
+            "and nothing is locked; try again once Redis is back."
+        )
+
+
+def with_database(function: Callable[[], T], *, within: float) -> T:
+    """Call ``function``; on a database connection error reconnect and retry for up to ``within`` seconds.
+
+    A PostgreSQL restart breaks every open connection, and Django never resets a broken connection outside a
+    request: without this, a worker's job thread keeps failing on the dead connection long after the database
+    is back.
+    """
+    deadline = time.monotonic() + within
+    delay = 0.2
+    while True:
+        try:
+            return function()
+        except DATABASE_ERRORS as exc:
+            connection.close()
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnreachable(
+                    f"The panel's database did not answer for {within:g} s ({str(exc).strip()[:200]})."
+                ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def ensure_database() -> None:
+    """Drop this thread's connection if the database broke it (the next query then reconnects)."""
+    if connection.connection is not None and not connection.is_usable():
+        connection.close()
 
 
 class TargetBusy(Exception):
@@ -54,10 +102,9 @@ def create_job(
 ) -> Job:
     """Create a queued job and enqueue its task once the transaction commits.
 
-    Raises ``TargetBusy`` when ``lock_key`` is held by another queued or running job (database-enforced).
+    Raises ``TargetBusy`` when ``lock_key`` is held by another queued or running job (database-enforced), and
+    ``QueueUnavailable`` (when the transaction commits) if the broker cannot take the job.
     """
-    from panel.jobs.tasks import run_job
-
     try:
         with transaction.atomic():
             job = Job.objects.create(
@@ -73,8 +120,29 @@ def create_job(
     except IntegrityError as exc:
         holder = Job.objects.filter(lock_key=lock_key, status__in=ACTIVE_STATES).first()
         raise TargetBusy(holder) from exc
-    transaction.on_commit(lambda: run_job.delay(job.pk))
+    transaction.on_commit(lambda: publish_job(job))
     return job
+
+
+def publish_job(job: Job) -> None:
+    """Hand a queued job to the workers; if the broker cannot take it, end the job and raise ``QueueUnavailable``.
+
+    A job left queued without a message would hold its target's lock until someone canceled it by hand.
+    """
+    from panel.jobs.tasks import run_job
+
+    policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+    try:
+        run_job.apply_async((job.pk,), retry=True, retry_policy=policy)
+    except Exception as exc:
+        logger.warning("job %s: could not publish it to the broker: %s", job.pk, exc)
+        error = QueueUnavailable(job)
+        if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.FAILED, reason=str(error), finished_at=timezone.now()
+        ):
+            job.refresh_from_db()
+        raise error from exc
+    Job.objects.filter(pk=job.pk).update(published_at=timezone.now(), publish_count=F("publish_count") + 1)
 
 
 def claim(job_id: int) -> Job | None:
@@ -89,17 +157,28 @@ def claim(job_id: int) -> Job | None:
 
 
 def finish(job: Job, status: str, reason: str = "", result: dict[str, Any] | None = None) -> bool:
-    """End a running job with a terminal status; False if it was no longer running (e.g. reaped)."""
+    """End a job with its real outcome; False if it had ended otherwise (canceled before it ran, say).
+
+    The job's own worker knows better than the reaper, which only saw its heartbeat stop: an ``interrupted``
+    left by the reaper is replaced by the outcome the worker records, even when that write needs retries
+    (``JOB_FINISH_RETRY_SECONDS``) because the database was away.
+    """
     if status != JobStatus.SUCCEEDED and not reason:
         raise ValueError("Every non-success needs a reason.")
     fields: dict[str, Any] = {"status": status, "reason": reason, "finished_at": timezone.now()}
     if result is not None:
         fields["result"] = result
-    updated = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(**fields)
-    if updated:
-        job.refresh_from_db()
-        publish_status(job)
-    return bool(updated)
+
+    def write() -> bool:
+        updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.INTERRUPTED]).update(
+            **fields
+        )
+        if updated:
+            job.refresh_from_db()
+            publish_status(job)
+        return bool(updated)
+
+    return with_database(write, within=settings.JOB_FINISH_RETRY_SECONDS)
 
 
 def request_cancel(job: Job) -> None:
@@ -124,18 +203,43 @@ def heartbeat(job_id: int) -> bool:
     return bool(Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now()))
 
 
+def _database_started_at() -> Any:
+    """When the PostgreSQL server started (None on other databases)."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time()")
+        return cursor.fetchone()[0]
+
+
+def stale_reason(job: Job, database_started_at: Any = None) -> str:
+    """Why a running job's heartbeat stopped, as far as the reaper can tell."""
+    since = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}"
+    if database_started_at is not None and job.heartbeat_at is not None and database_started_at > job.heartbeat_at:
+        return (
+            f"The panel's database was unreachable: PostgreSQL restarted at {database_started_at:%H:%M:%S %Z}, and "
+            f"the job's worker ({job.worker or 'unknown'}) has not reported since {since}. A job that cannot reach "
+            "the database stops its work on the server; check the target and run it again."
+        )
+    return (
+        f"The worker running this job ({job.worker or 'unknown'}) stopped responding; no heartbeat since {since}. "
+        "The job was not resumed: check the target and run it again."
+    )
+
+
 def reap_stale_jobs() -> list[int]:
     """Mark running jobs whose heartbeat went stale as interrupted (their targets are free again).
 
-    An interrupted job is never resumed: its task's redelivery finds it no longer queued and does nothing.
+    An interrupted job is never resumed: its task's redelivery finds it no longer queued and does nothing. A job
+    loses its lease (``JOB_LEASE_SECONDS``) before it goes stale (``JOB_STALE_AFTER``), so by the time it is
+    reaped it has stopped its remote work.
     """
     cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER)
     reaped = []
-    for job in Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
-        reason = (
-            f"The worker running this job ({job.worker or 'unknown'}) stopped responding; no heartbeat since "
-            f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}. The job was not resumed: check the target and run it again."
-        )
+    stale = list(Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff))
+    database_started_at = _database_started_at() if stale else None
+    for job in stale:
+        reason = stale_reason(job, database_started_at)
         if Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).update(
             status=JobStatus.INTERRUPTED, reason=reason, finished_at=timezone.now()
         ):
@@ -145,6 +249,34 @@ def reap_stale_jobs() -> list[int]:
             reaped.append(job.pk)
             logger.warning("job %s interrupted: %s", job.pk, reason)
     return reaped
+
+
+def reap_unclaimed_jobs() -> list[int]:
+    """Queued jobs no worker took within ``JOB_QUEUE_TIMEOUT``: publish each once more, then end it as failed.
+
+    A message can be lost with a flushed or restarted broker; the job must not hold its target forever.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.JOB_QUEUE_TIMEOUT)
+    ended = []
+    for job in Job.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).exclude(published_at__gte=cutoff):
+        if job.publish_count < 2:
+            logger.warning("job %s: no worker took it in time; publishing it again", job.pk)
+            try:
+                publish_job(job)
+            except QueueUnavailable:
+                ended.append(job.pk)
+            continue
+        reason = (
+            f"No worker took this job within {settings.JOB_QUEUE_TIMEOUT:g} s, twice: is a worker running on the "
+            "jobs queue? Nothing was started; run it again."
+        )
+        if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.FAILED, reason=reason, finished_at=timezone.now()
+        ):
+            job.refresh_from_db()
+            publish_status(job)
+            ended.append(job.pk)
+    return ended
 
 
 def _send(job_id: int, message: dict[str, Any]) -> None:
@@ -197,7 +329,10 @@ def serialize_line(line: JobLogLine) -> dict[str, Any]:
 class JobLog:
     """Buffers a running job's output and writes it in batches (by size or age) from a background thread.
 
-    The same thread heartbeats the job, so a job stuck in a long remote command still shows it is alive.
+    The same thread heartbeats the job and keeps its lease: a heartbeat the database refuses (the job was reaped
+    or ended elsewhere), or no successful write for ``JOB_LEASE_SECONDS``, loses the lease, and ``on_lost`` is
+    called at once (the runner ends the job's hold on the server there). Lines that could not be written stay
+    buffered, in order, until they are stored; a broken database connection is closed and reopened.
     """
 
     def __init__(self, job_id: int) -> None:
@@ -209,6 +344,9 @@ class JobLog:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"job-{job_id}-log", daemon=True)
         self.last_heartbeat = time.monotonic()
+        self.last_contact = time.monotonic()
+        self.lost_reason = ""
+        self.on_lost: Callable[[str], None] | None = None
 
     def __enter__(self) -> JobLog:
         self.thread.start()
@@ -218,7 +356,7 @@ class JobLog:
         self.stopping.set()
         self.wake.set()
         self.thread.join(timeout=30)
-        self.flush()
+        with_database(self._write_pending, within=settings.JOB_FINISH_RETRY_SECONDS)
 
     def write(self, text: str, stream: str = LogStream.PANEL) -> None:
         """Queue one line (multi-line text becomes several lines)."""
@@ -232,27 +370,68 @@ class JobLog:
         """Callback for remote command output."""
         self.write(line, LogStream.STDERR if stream == "err" else LogStream.STDOUT)
 
-    def flush(self) -> None:
-        """Write what is buffered now (one writer at a time keeps sequence numbers in order)."""
+    def flush(self) -> bool:
+        """Write what is buffered now; False (lines kept for the next try) if the database did not take them."""
+        try:
+            self._write_pending()
+        except DATABASE_ERRORS:
+            connection.close()
+            return False
+        return True
+
+    def _write_pending(self) -> None:
+        # One writer at a time keeps sequence numbers in order; a failed batch goes back to the front.
         with self.write_lock:
             with self.lock:
                 batch, self.pending = self.pending, []
-            if batch:
+            if not batch:
+                return
+            try:
                 append_lines(self.job_id, batch)
+            except BaseException:
+                with self.lock:
+                    self.pending[:0] = batch
+                raise
+            self.last_contact = time.monotonic()
+
+    def lose(self, reason: str) -> None:
+        """The job may not go on: remember why and tell the runner (once)."""
+        if self.lost_reason:
+            return
+        self.lost_reason = reason
+        logger.warning("job %s lost its lease: %s", self.job_id, reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+    def _beat(self) -> None:
+        if time.monotonic() - self.last_heartbeat < settings.JOB_HEARTBEAT_INTERVAL:
+            return
+        alive = heartbeat(self.job_id)
+        self.last_heartbeat = self.last_contact = time.monotonic()
+        if not alive:
+            status = Job.objects.filter(pk=self.job_id).values_list("status", flat=True).first()
+            self.lose(
+                f"The panel no longer counts this job as running (it is {status or 'gone'}), so it stopped its work "
+                "on the server at once."
+            )
 
     def _loop(self) -> None:
-        from django.db import connection
-
+        lease = settings.JOB_LEASE_SECONDS
         try:
             while not self.stopping.is_set():
                 self.wake.wait(settings.JOB_LOG_FLUSH_INTERVAL)
                 self.wake.clear()
                 try:
-                    self.flush()
-                    if time.monotonic() - self.last_heartbeat >= settings.JOB_HEARTBEAT_INTERVAL:
-                        heartbeat(self.job_id)
-                        self.last_heartbeat = time.monotonic()
+                    self._write_pending()
+                    self._beat()
+                except DATABASE_ERRORS:
+                    connection.close()
                 except Exception:
                     logger.exception("job %s: could not write log lines", self.job_id)
+                if time.monotonic() - self.last_contact > lease:
+                    self.lose(
+                        f"The panel's database was unreachable for more than {lease:g} s (the job's lease), so the "
+                        "job stopped its work on the server at once; nothing of it keeps running there."
+                    )
         finally:
             connection.close()

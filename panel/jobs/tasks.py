@@ -15,5 +15,5 @@ def run_job(job_id: int) -> None:
 
 @shared_task(name="panel.jobs.tasks.reap_stale_jobs", ignore_result=True)
 def reap_stale_jobs() -> int:
-    """Mark jobs whose worker died as interrupted."""
-    return len(services.reap_stale_jobs())
+    """Mark jobs whose worker died as interrupted; republish, then end, queued jobs no worker took."""
+    return len(services.reap_stale_jobs()) + len(services.reap_unclaimed_jobs())

@@ -364,17 +364,27 @@ def run(
 
     ``timeout`` bounds the whole command, ``idle_timeout`` the silence between two outputs.
     """
+    from panel.remote.session import HoldLost, current_hold
+
     timeout = settings.SSH_COMMAND_TIMEOUT if timeout is None else timeout
     idle_timeout = settings.SSH_IDLE_OUTPUT_TIMEOUT if idle_timeout is None else idle_timeout
     max_line = settings.JOB_LOG_MAX_LINE
     out = _LineSplitter("out", on_output, max_line)
     err = _LineSplitter("err", on_output, max_line)
+    name = argv[0]
+    held = current_hold(target)
+    if held is not None:
+        # A job's command: refuse it once the job's hold ended, and tag it so the hold can end it.
+        held.check()
+        argv = held.tagged(argv)
     with exec_channel(target, argv) as channel:
         if stdin is not None:
             channel.sendall(stdin)
         channel.shutdown_write()
         started = last_output = time.monotonic()
         while True:
+            if held is not None and held.lost():
+                raise HoldLost(held.lost_reason)
             if channel.recv_ready():
                 out.feed(channel.recv(READ_CHUNK))
                 last_output = time.monotonic()
@@ -387,13 +397,13 @@ def run(
                 break
             now = time.monotonic()
             if now - started > timeout:
-                raise CommandTimeout(f"{argv[0]} did not finish within {timeout:g} s on {target.label}.")
+                raise CommandTimeout(f"{name} did not finish within {timeout:g} s on {target.label}.")
             if now - last_output > idle_timeout:
                 raise CommandTimeout(
-                    f"{argv[0]} produced no output for {idle_timeout:g} s on {target.label}; it was stopped."
+                    f"{name} produced no output for {idle_timeout:g} s on {target.label}; it was stopped."
                 )
             if should_stop is not None and should_stop():
-                raise CommandTimeout(f"{argv[0]} was stopped on request.")
+                raise CommandTimeout(f"{name} was stopped on request.")
             select.select([channel], [], [], 0.5)
         # Data that arrived between the last check and EOF is still buffered: take it.
         while channel.recv_ready():
@@ -403,7 +413,7 @@ def run(
         # After EOF the exit status follows at once; wait for it within what is left of the timeout.
         remaining = max(1.0, timeout - (time.monotonic() - started))
         if not channel.status_event.wait(remaining):
-            raise CommandTimeout(f"{argv[0]} did not report an exit status on {target.label}.")
+            raise CommandTimeout(f"{name} did not report an exit status on {target.label}.")
         out.close()
         err.close()
         return channel.recv_exit_status()

@@ -27,16 +27,14 @@ from panel.accounts.api.serializers import (
 from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory import services
+from panel.inventory.choices import EnvironmentState
 from panel.inventory.models import Environment, Project, Server
-from panel.jobs.choices import ACTIVE_STATES, JobKind
-from panel.jobs.models import Job
 from panel.remote import RemoteError
 from panel.remote.ssh import public_line_of
 from panel.validators import validate_env_name, validate_env_value, validate_name
 
 MAX_KEY_CHARS = 16_384
 MAX_KNOWN_HOSTS_CHARS = 65_536
-ENVIRONMENT_STATES = ["not deployed", "deploying", "running", "degraded"]
 MAX_LABELS = 20
 
 
@@ -230,9 +228,6 @@ class ProjectSerializer(CustomerViewMixin, PanelModelSerializer):
             return save_changes(instance, validated_data, actor=request_user(self), action="project.updated")  # type: ignore[no-any-return]
 
 
-DEPLOY_KINDS = (JobKind.DEPLOY, JobKind.ROLLBACK)
-
-
 class CurrentDeploymentSerializer(serializers.Serializer):  # type: ignore[type-arg]
     """The deployment live on an environment: its id and commit."""
 
@@ -271,7 +266,7 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
     ``project``, ``server`` and ``compose_project`` are fixed once created (moving an environment is a job).
     """
 
-    customer_fields = ("id", "name", "kind", "domain", "project", "state")
+    customer_fields = ("id", "name", "kind", "domain", "project", "state", "state_detail")
 
     project = ScopedRelatedField(Project)
     server = ScopedRelatedField(Server)
@@ -279,6 +274,7 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
     secret_names = serializers.SerializerMethodField()
     current_deployment = CurrentDeploymentSerializer(read_only=True, allow_null=True)
     state = serializers.SerializerMethodField()
+    state_detail = serializers.SerializerMethodField()
     webhook_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -305,6 +301,7 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
             "degraded",
             "current_deployment",
             "state",
+            "state_detail",
             "webhook_url",
             "created_at",
         ]
@@ -321,21 +318,28 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
         """Names of the secret variables (their values are never returned)."""
         return sorted(environment.get_secrets())
 
-    @extend_schema_field(serializers.ChoiceField(choices=ENVIRONMENT_STATES))
+    def _state(self, environment: Environment) -> services.State:
+        cached: services.State | None = getattr(environment, "_api_state", None)
+        if cached is None:
+            prefetched = getattr(environment, "active_deploy_jobs", None)
+            if prefetched is None:
+                cached = services.environment_state(environment)
+            else:
+                cached = services.environment_state(environment, active_job=prefetched[0] if prefetched else None)
+            environment._api_state = cached  # type: ignore[attr-defined]
+        return cached
+
+    @extend_schema_field(serializers.ChoiceField(choices=EnvironmentState.values))
     def get_state(self, environment: Environment) -> str:
-        """not deployed, deploying (a deploy or rollback job is queued or running), running, or degraded."""
-        deploying = getattr(environment, "deploying", None)
-        if deploying is None:
-            deploying = Job.objects.filter(
-                environment=environment, kind__in=DEPLOY_KINDS, status__in=ACTIVE_STATES
-            ).exists()
-        if deploying:
-            return "deploying"
-        if environment.degraded:
-            return "degraded"
-        if environment.current_deployment_id is None:
-            return "not deployed"
-        return "running"
+        """not deployed, deploying (a deploy or rollback job is queued or running), running, needs attention
+        (a change ended uncleanly: what runs is not known), or degraded (a deploy and its rollback failed)."""
+        return self._state(environment).code
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_state_detail(self, environment: Environment) -> str:
+        """Why the environment is in its state, in words a person can act on (customers get their own wording)."""
+        state = self._state(environment)
+        return state.detail if self.shows_details(environment) else state.customer_detail
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_webhook_url(self, environment: Environment) -> str:

@@ -22,7 +22,6 @@ from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.api.views import Conflict, ScopedModelViewSet
 from panel.inventory import services
 from panel.inventory.api.serializers import (
-    DEPLOY_KINDS,
     ConfirmHostKeySerializer,
     EnvironmentSerializer,
     ProjectSerializer,
@@ -32,7 +31,7 @@ from panel.inventory.api.serializers import (
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
 from panel.jobs.api.views import busy_response
-from panel.jobs.choices import ACTIVE_STATES
+from panel.jobs.choices import ACTIVE_STATES, DEPLOY_JOB_KINDS
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
@@ -136,11 +135,9 @@ class EnvironmentViewSet(EnvironmentDeployActions, ScopedModelViewSet):
     serializer_class = EnvironmentSerializer
 
     def base_queryset(self) -> models.QuerySet[Environment]:
-        deploying = Job.objects.filter(
-            environment=models.OuterRef("pk"), kind__in=DEPLOY_KINDS, status__in=ACTIVE_STATES
-        )
-        return Environment.objects.select_related("project", "current_deployment").annotate(
-            deploying=models.Exists(deploying)
+        active = Job.objects.filter(kind__in=DEPLOY_JOB_KINDS, status__in=ACTIVE_STATES).order_by("created_at")
+        return Environment.objects.select_related("project", "current_deployment", "changing_job").prefetch_related(
+            models.Prefetch("jobs", queryset=active, to_attr="active_deploy_jobs")
         )
 
     def active_jobs(self, instance: Environment) -> models.QuerySet[Job]:
