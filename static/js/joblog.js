@@ -2,7 +2,9 @@
  *
  * For each element marked [data-joblog]: fetch the stored lines after the last seen seq (paging while the server
  * says there are more), then open the job's websocket from that seq and append live lines. Lines are de-duplicated
- * by seq. A dropped socket reconnects with backoff, catching up over HTTP first. Status frames update every
+ * by seq. A socket that closes while the job runs reconnects with backoff: it catches up over HTTP first (which
+ * also brings the final status if the job ended meanwhile), then opens a new socket with ?after=<last seq>. A
+ * socket closed because the user signed out (4401) or lost access (4403, 4404) is not reopened. Status frames update every
  * [data-job-status] badge of the job; when a running job ends, a "joblog-finished" event fires on <body> (htmx
  * reloads the parts of the page that depend on the result). Steps frames redraw every [data-job-steps] list of the
  * job: each step's name, state (succeeded, failed, running) and duration.
@@ -15,7 +17,9 @@
 
   var TERMINAL = ["succeeded", "failed", "canceled", "interrupted"];
   var COLOURS = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
-  var CLOSE_NOT_ALLOWED = [4401, 4403, 4404];
+  var CLOSE_SIGNED_OUT = 4401;
+  var CLOSE_NOT_ALLOWED = [4403, 4404];
+  var HTTP_NOT_ALLOWED = [401, 403, 404];
   var MAX_DELAY = 30000;
   // CSI sequences (colours, cursor movement), OSC sequences (titles) and lone escapes.
   var ESCAPES = /\x1b\[([0-9;?]*)([A-Za-z])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?/g;
@@ -48,8 +52,8 @@
           self.showConnection("");
         }
       })
-      .catch(function () {
-        self.retry();
+      .catch(function (error) {
+        self.failed(error);
       });
   };
 
@@ -58,6 +62,11 @@
     var url = this.linesUrl + "?after=" + encodeURIComponent(String(this.lastSeq));
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
+        if (HTTP_NOT_ALLOWED.indexOf(response.status) !== -1) {
+          var refused = new Error("HTTP " + response.status);
+          refused.notAllowed = response.status === 401 ? "signed out" : "not allowed";
+          throw refused;
+        }
         if (!response.ok) {
           throw new Error("HTTP " + response.status);
         }
@@ -107,6 +116,8 @@
       self.socket = null;
       if (isTerminal(self.status)) {
         self.showConnection("");
+      } else if (event.code === CLOSE_SIGNED_OUT) {
+        self.showConnection("signed out: log in again to follow this job");
       } else if (CLOSE_NOT_ALLOWED.indexOf(event.code) !== -1) {
         self.showConnection("not allowed to follow this job");
       } else {
@@ -127,10 +138,21 @@
             self.connect();
           }
         })
-        .catch(function () {
-          self.retry();
+        .catch(function (error) {
+          self.failed(error);
         });
     }, wait);
+  };
+
+  // A catch-up that failed: try again later, unless the server said the user may not see the log (any more).
+  JobLog.prototype.failed = function (error) {
+    if (error && error.notAllowed === "signed out") {
+      this.showConnection("signed out: log in again to follow this job");
+    } else if (error && error.notAllowed) {
+      this.showConnection("not allowed to follow this job");
+    } else {
+      this.retry();
+    }
   };
 
   JobLog.prototype.showConnection = function (text) {
