@@ -53,13 +53,15 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # variables on top of process_env()
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self.argv, cwd=ROOT, env=process_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            self.argv, cwd=ROOT, env=process_env() | (self.env or {}), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process and self.process.poll() is None:
