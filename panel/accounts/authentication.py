@@ -1,13 +1,15 @@
-"""DRF authentication by API token (``Authorization: Bearer dp_...``), scope enforced per request method."""
+"""DRF authentication: API tokens (``Authorization: Bearer dp_...``, scope enforced per request method), and the
+browser's session once it passed its second factor."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from panel.accounts import two_factor
 from panel.accounts.choices import TokenScope
 from panel.accounts.services import authenticate_token
 
@@ -38,3 +40,16 @@ class ApiTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return "Bearer"
+
+
+class TwoFactorSessionAuthentication(SessionAuthentication):
+    """Django's session (with its CSRF check), but a session that owes its second factor is anonymous here.
+
+    Tokens are not affected: a token is created from a fully signed-in session and stands on its own.
+    """
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        result = super().authenticate(request)
+        if result is None or not two_factor.is_fully_authenticated(result[0], request._request.session):
+            return None
+        return result

@@ -7,7 +7,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from panel.accounts.choices import Action
-from panel.accounts.models import Organization
+from panel.accounts.models import Membership, Organization
 from panel.accounts.scoping import for_user, role_in
 
 SESSION_KEY = "panel_organization_id"
@@ -29,6 +29,13 @@ def current_organization(request: HttpRequest) -> Organization | None:
         chosen = direct.first() or visible.first()
     request._panel_current_org = chosen  # type: ignore[attr-defined]
     return chosen
+
+
+def start_in_organization(request: HttpRequest, user: Any) -> None:
+    """After a login: start in an organization the user is a direct member of (not a managed customer's)."""
+    membership = Membership.objects.filter(user=user).order_by("organization__name").first()
+    if membership is not None:
+        request.session[SESSION_KEY] = membership.organization_id
 
 
 def organizations(request: HttpRequest) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Forms of the accounts pages: login with lockout, API tokens, organizations, members and invitations."""
+"""Forms of the accounts pages: login with lockout, two-factor codes, API tokens, organizations, members and
+invitations."""
 
 from __future__ import annotations
 
@@ -42,6 +43,38 @@ class LockoutAuthenticationForm(AuthenticationForm):
             if username and self.request is not None:
                 record_failed_login(username=username, request=self.request)
             raise
+
+
+class TwoFactorCodeForm(forms.Form):
+    """A code from the authenticator app, or a recovery code."""
+
+    code = forms.CharField(
+        max_length=40,
+        label="Code",
+        help_text="The 6 digits your authenticator app shows, or one of your recovery codes.",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "autofocus": True, "spellcheck": "false"}),
+    )
+
+
+class TwoFactorEnrollForm(forms.Form):
+    """The first code from a newly added authenticator, proving it was set up right."""
+
+    code = forms.CharField(
+        max_length=12,
+        label="Code from the app",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "autofocus": True}),
+    )
+
+
+class TwoFactorDisableForm(forms.Form):
+    """Turning two-factor login off takes the password and a code (or a recovery code)."""
+
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}), strip=False)
+    code = forms.CharField(
+        max_length=40,
+        help_text="From your authenticator app, or a recovery code.",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code"}),
+    )
 
 
 class ApiTokenForm(forms.Form):

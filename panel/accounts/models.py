@@ -1,12 +1,17 @@
-"""Organizations, memberships, invitations, the audit log and API tokens."""
+"""Organizations, memberships, invitations, the audit log, API tokens and second factors (TOTP, recovery codes)."""
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from django_otp.models import Device
 
 from panel.accounts.choices import Role, TokenScope
+from panel.crypto import EncryptedTextField
 from panel.validators import validate_name, validate_slug
 
 
@@ -24,6 +29,10 @@ class Organization(models.Model):
         help_text="The provider whose staff operate this organization's projects.",
     )
     created_at = models.DateTimeField(default=timezone.now)
+    require_two_factor = models.BooleanField(
+        default=False,
+        help_text="Its staff (owner, operator, viewer, also through its provider) must log in with a second factor.",
+    )
 
     scope_organization = "pk"
 
@@ -151,3 +160,46 @@ class Invitation(models.Model):
     def is_usable(self) -> bool:
         """Neither accepted, revoked nor expired."""
         return self.status == "pending"
+
+
+class TotpDevice(Device):  # type: ignore[misc]
+    """A user's authenticator app: a TOTP secret (RFC 6238, 6 digits, 30 s), encrypted at rest.
+
+    A django-otp device (``user``, ``name``, ``confirmed``), one per user. It is unconfirmed while its user
+    enrolls and counts only once they entered a code from it. ``last_t`` is the time step of the last accepted code:
+    a code is never accepted twice.
+    """
+
+    # Annotated: django-otp ships no type information, so mypy's Django plugin cannot see these fields itself.
+    user: models.OneToOneField[Any, Any] = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="totp_device"
+    )
+    key = EncryptedTextField(help_text="The shared secret, hex-encoded (encrypted at rest).")
+    last_t: models.BigIntegerField[int, int] = models.BigIntegerField(default=-1)
+    created_at: models.DateTimeField[Any, datetime] = models.DateTimeField(default=timezone.now)
+    confirmed_at: models.DateTimeField[Any, datetime | None] = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "TOTP device"
+
+    def __str__(self) -> str:
+        return f"authenticator of {self.user}"
+
+
+class RecoveryCode(models.Model):
+    """A single-use code that stands in for the authenticator; only a SHA-256 of it is stored.
+
+    Codes carry 80 random bits, so a plain hash is as safe as for API tokens. Using one is a conditional
+    ``UPDATE`` of ``used_at``: it works once, even for two requests at the same instant.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="recovery_codes")
+    code_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "code_hash"])]
+
+    def __str__(self) -> str:
+        return f"recovery code of {self.user} ({'used' if self.used_at else 'unused'})"

@@ -2,12 +2,26 @@
 
 from django.urls import path
 
-from panel.accounts import views
+from panel.accounts import two_factor_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("login/", views.PanelLoginView.as_view(), name="login"),
     path("logout/", views.PanelLogoutView.as_view(), name="logout"),
+    path("login/code/", two_factor_views.two_factor_login, name="two_factor_login"),
+    path("account/two-factor/", two_factor_views.two_factor_settings, name="two_factor_settings"),
+    path("account/two-factor/enroll/", two_factor_views.two_factor_enroll, name="two_factor_enroll"),
+    path(
+        "account/two-factor/recovery-codes/",
+        two_factor_views.two_factor_recovery_codes,
+        name="two_factor_recovery_codes",
+    ),
+    path("account/two-factor/disable/", two_factor_views.two_factor_disable, name="two_factor_disable"),
+    path(
+        "organizations/<int:organization_id>/two-factor/",
+        two_factor_views.organization_two_factor,
+        name="organization_two_factor",
+    ),
     path("org/switch/", views.switch_organization, name="switch_organization"),
     path("audit/", views.audit_log, name="audit_log"),
     path("tokens/", views.api_tokens, name="api_tokens"),

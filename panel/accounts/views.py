@@ -8,6 +8,8 @@ without login: its only key is the token, and every invalid token gets the same 
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -24,9 +26,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from panel.accounts import services
+from panel.accounts import services, two_factor
 from panel.accounts.choices import Action, Role
-from panel.accounts.context import SESSION_KEY, current_organization
+from panel.accounts.context import SESSION_KEY, current_organization, start_in_organization
 from panel.accounts.forms import (
     ApiTokenForm,
     InvitationForm,
@@ -45,18 +47,31 @@ AUDIT_PAGE_SIZE = 50
 
 
 class PanelLoginView(LoginView):
-    """Django's login view with the lockout form; a signed-in user goes straight home."""
+    """Django's login view with the lockout form; a signed-in user goes straight home.
+
+    A user who needs a second factor is not logged in by the password: the code step (or, for a user an
+    organization requires it of, the enrolment) finishes the login (see ``panel.accounts.two_factor``).
+    """
 
     form_class = LockoutAuthenticationForm
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
 
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """A new password attempt starts over: forget any half-done login."""
+        two_factor.clear_pending(request)
+        return super().post(request, *args, **kwargs)
+
     def form_valid(self, form: AuthenticationForm) -> HttpResponse:
-        """Log in, then start in an organization the user is a direct member of (not a managed customer's)."""
+        """Log in (or go on to the second factor), then start in an organization the user is a direct member of."""
+        user = form.get_user()
+        if two_factor.two_factor_needed(user):
+            two_factor.begin_login(self.request, user, next_url=self.get_success_url())
+            if two_factor.confirmed_device(user) is None:
+                return redirect("two_factor_enroll")
+            return redirect("two_factor_login")
         response = super().form_valid(form)
-        membership = Membership.objects.filter(user=form.get_user()).order_by("organization__name").first()
-        if membership is not None:
-            self.request.session[SESSION_KEY] = membership.organization_id
+        start_in_organization(self.request, user)
         return response
 
 

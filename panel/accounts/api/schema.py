@@ -1,9 +1,10 @@
-"""OpenAPI description of the panel's bearer tokens (registered with drf-spectacular on import)."""
+"""OpenAPI description of the panel's bearer tokens and session (registered with drf-spectacular on import)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -19,3 +20,9 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[misc]
             "scheme": "bearer",
             "description": "An API token from POST /api/v1/tokens/ (read or write scope, expiring).",
         }
+
+
+class TwoFactorSessionScheme(SessionScheme):  # type: ignore[misc]
+    """The browser's session cookie, once the session passed its second factor."""
+
+    target_class = "panel.accounts.authentication.TwoFactorSessionAuthentication"
