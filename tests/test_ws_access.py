@@ -4,6 +4,7 @@ or logging out (through the real HTTP logout), while other viewers keep followin
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from typing import Any
 
@@ -28,6 +29,9 @@ from tests.ws_helpers import (
     wait_closed,
     ws_url,
 )
+
+# Playwright's sync API runs an event loop in this thread; Django's ORM refuses to run in one unless told.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -140,3 +144,26 @@ def test_it_closes_a_socket_of_a_finished_job_when_the_user_is_deactivated(
     code, took = asyncio.run(run())
     assert code == CLOSE_UNAUTHENTICATED
     assert took <= close_bound()
+
+
+@pytest.mark.browser
+def test_it_tells_the_page_it_was_signed_out_and_does_not_reconnect(
+    jobs_worker: Any, live_server_url: str, users: dict[str, Any], orgs: dict[str, Any], browser: Any
+) -> None:
+    cookie = session_cookie(users["alice"])
+    job = long_job(orgs)
+    context = browser.new_context()
+    context.add_cookies([{"name": "sessionid", "value": cookie.split("=", 1)[1], "url": live_server_url}])
+    page = context.new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    page.goto(f"{live_server_url}/jobs/{job.pk}/")
+    page.wait_for_function("() => document.querySelectorAll('[data-joblog-output] .line').length >= 5")
+    log_out_over_http(live_server_url, cookie)
+    connection = page.locator("[data-joblog-connection]")
+    connection.filter(has_text="signed out").wait_for(timeout=close_bound() * 1000)
+    shown = page.locator("[data-joblog-output] .line").count()
+    page.wait_for_timeout(3000)
+    assert len(sockets) == 1, "a signed-out page does not open the socket again"
+    assert page.locator("[data-joblog-output] .line").count() == shown, "and receives nothing more"
+    assert wait_job(job, timeout=30).status == "succeeded"
