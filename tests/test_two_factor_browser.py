@@ -182,3 +182,38 @@ def test_it_keeps_a_half_logged_in_session_off_the_api_and_the_websockets(
     frames = ws_frames(live_server_url, job.pk, cookie)
     assert [line["text"] for f in frames if f["type"] == "lines" for line in f["lines"]] == ["output of the job"]
     assert two_factor.is_fully_authenticated(user, {two_factor.VERIFIED_SESSION_KEY: device.persistent_id})
+
+
+def test_it_closes_the_websockets_of_staff_who_owe_a_second_factor(
+    live_server_url: str, hosting: Organization, make_user: Any
+) -> None:
+    from django.test import Client
+
+    make_user("lab-operator", hosting, "operator")
+    job = Job.objects.create(kind="test_emit", organization=hosting, status=JobStatus.RUNNING, last_seq=1)
+    JobLogLine.objects.create(job=job, seq=1, text="output of the job")
+    signed_in = Client()
+    assert signed_in.post("/login/", {"username": "lab-operator", "password": PASSWORD}).status_code == 302
+    cookie = f"sessionid={signed_in.cookies['sessionid'].value}"
+    url = live_server_url.replace("http://", "ws://") + f"/ws/jobs/{job.pk}/?after=0"
+    headers = {"Origin": live_server_url, "Cookie": cookie}
+
+    async def follow_until_closed() -> tuple[list[str], float]:
+        texts: list[str] = []
+        async with websockets.connect(url, additional_headers=headers) as socket:
+            frame = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
+            texts += [line["text"] for line in frame.get("lines", [])]
+            # The owner switches the requirement on while the socket is open.
+            await asyncio.to_thread(lambda: Organization.objects.filter(pk=hosting.pk).update(require_two_factor=True))
+            switched = asyncio.get_running_loop().time()
+            try:
+                while True:
+                    await asyncio.wait_for(socket.recv(), timeout=30)
+            except websockets.exceptions.ConnectionClosed:
+                return texts, asyncio.get_running_loop().time() - switched
+
+    texts, seconds = asyncio.run(follow_until_closed())
+    assert texts == ["output of the job"]
+    assert seconds < 15
+    # And a new socket of that session is refused before any data.
+    assert ws_frames(live_server_url, job.pk, cookie) == []

@@ -105,6 +105,16 @@ def client_ip(request: HttpRequest | None) -> str | None:
     return str(client)
 
 
+def is_fully_authenticated(user: Any, session: Any) -> bool:
+    """Whether a signed-in user's session passed every login step they owe (the second factor, when needed).
+
+    For callers outside this app (websocket consumers); the rule is ``panel.accounts.two_factor``'s.
+    """
+    from panel.accounts.two_factor import is_fully_authenticated as passed_every_factor
+
+    return passed_every_factor(user, session)
+
+
 def record(
     *,
     action: str,
