@@ -3,10 +3,44 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "panel.settings")
+
+
+def _keep_the_broker_address_of_collected_channels() -> None:
+    """Work around a worker crash when Redis restarts while a task runs (Celery 5.7 with kombu's Redis transport).
+
+    On a lost broker connection the worker calls ``Connection.collect()``, which detaches the transport from its
+    connection (``transport.client = None``), and then closes that connection again. Closing the task channel
+    restores its unacknowledged messages (``acks_late``), and a task that finishes later acks on that same
+    channel; both build a new Redis pool from ``transport.client``: ``AttributeError: 'NoneType' object has no
+    attribute 'hostname'``, which the worker treats as unrecoverable and exits ("Unrecoverable error").
+    The channel's connection parameters do not change, so a channel whose transport was detached reuses the
+    ones it last built: the restore then fails or succeeds like any Redis call (a connection error is expected
+    and ignored there), and the late ack reaches the restarted Redis.
+    """
+    from kombu.transport import redis as redis_transport
+
+    original = redis_transport.Channel._connparams
+    if getattr(original, "panel_workaround", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> dict[str, Any]:
+        remembered: dict[bool, dict[str, Any]] = self.__dict__.setdefault("_panel_connparams", {})
+        if self.connection.client is None and asynchronous in remembered:
+            return dict(remembered[asynchronous])
+        params: dict[str, Any] = original(self, asynchronous=asynchronous)
+        remembered[asynchronous] = dict(params)
+        return params
+
+    _connparams.panel_workaround = True  # type: ignore[attr-defined]
+    redis_transport.Channel._connparams = _connparams  # type: ignore[method-assign]
+
+
+_keep_the_broker_address_of_collected_channels()
 
 app = Celery("panel")
 app.config_from_object("django.conf:settings", namespace="CELERY")
