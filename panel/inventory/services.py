@@ -320,7 +320,9 @@ def mark_changing(*, environment: Environment, job: Job) -> None:
     (a failed fetch) does not hide it.
     """
     with transaction.atomic():
-        current = Environment.objects.select_for_update().select_related("changing_job").get(pk=environment.pk)
+        current = (
+            Environment.objects.select_for_update(of=("self",)).select_related("changing_job").get(pk=environment.pk)
+        )
         previous = current.changing_job
         if previous is not None and previous.pk != job.pk and previous.is_terminal and not current.attention:
             current.attention = unclean_end(previous)
