@@ -14,8 +14,9 @@ messages. So while the job runs, a socket that heard nothing for ``JOB_WS_QUIET_
 itself (lines, then the status, sending the final status if the job ended) and joins its group again.
 
 Access is not only checked at connect: every ``JOB_WS_ACCESS_CHECK_SECONDS``, and before sending anything once
-that long has passed since the last check, the socket re-reads its session (a logout deletes it) and the user's
-access to the job, and closes with 4401 (signed out) or 4403 (access lost) when either is gone.
+that long has passed since the last check, the socket re-reads its session (a logout deletes it; it must still
+hold the same active user, past every login step such as the second factor: ``is_fully_authenticated``) and the
+user's access to the job, and closes with 4401 (signed out) or 4403 (access lost) when either is gone.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from django.conf import settings
 
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user
+from panel.accounts.services import is_fully_authenticated
 from panel.jobs.choices import JobStatus
 from panel.jobs.models import Job, JobLogLine
 from panel.jobs.services import group_name, serialize_line
@@ -46,19 +48,6 @@ CLOSE_NOT_FOUND = 4404
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 # The watchdog never spins faster than this, whatever the settings say.
 MIN_INTERVAL = 0.2
-
-
-def is_fully_authenticated(user: Any, session: Any) -> bool:
-    """Whether ``session`` completed every login step the user needs (hook for two-factor login).
-
-    A session of a user who still owes a second factor is not enough to follow a job. Two-factor login lives in
-    ``panel.accounts``; when it provides ``is_fully_authenticated(user, session)``, that decides; until then
-    a session that carries the user is enough.
-    """
-    from panel.accounts import services as accounts
-
-    check = getattr(accounts, "is_fully_authenticated", None)
-    return True if check is None else bool(check(user, session))
 
 
 class JobLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
