@@ -31,6 +31,11 @@ REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 # Stricter than git check-ref-format, which allows shell metacharacters (;, $, `, |, &) in ref names.
 REF_ALLOWED = re.compile(r"[A-Za-z0-9._/+-]+")
 CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
+UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+ID_RE = re.compile(r"[0-9]{1,19}")
+MAX_ID = 2**63 - 1  # PostgreSQL bigint, the type of every primary key (DEFAULT_AUTO_FIELD)
+ENV_VALUE_MAX_LENGTH = 4096
 
 
 def _fail(message: str) -> None:
@@ -152,9 +157,25 @@ def validate_env_name(value: str) -> None:
 
 
 def validate_env_value(value: str) -> None:
-    """An environment variable value: any printable text on one line, at most 4096 characters."""
-    if len(value) > 4096 or CONTROL_RE.search(value):
-        _fail("Values must be one line of at most 4096 characters, without control characters.")
+    """An env var or secret value that reaches the container byte for byte: one line of text, tab allowed.
+
+    Refused: a line break (Doodba writes these variables into ``odoo.conf``, whose lines a newline would split,
+    adding configuration; the form takes one variable per line), NUL (a process environment cannot hold it), the
+    other control characters, and lone surrogates (not text: they have no UTF-8 form). Everything else, quotes,
+    backslashes, ``$``, ``#``, spaces at either end and any Unicode, is written so that compose hands it over
+    unchanged (``deployments.pipeline``).
+    """
+    if len(value) > ENV_VALUE_MAX_LENGTH:
+        _fail(f"A value can have at most {ENV_VALUE_MAX_LENGTH} characters.")
+    if "\n" in value or "\r" in value:
+        _fail("A value must be one line: a line break would split it in odoo.conf, which Doodba writes from it.")
+    if "\x00" in value:
+        _fail("A value cannot contain a NUL character: a process environment cannot hold one.")
+    control = CONTROL_RE.search(value)
+    if control:
+        _fail(f"A value cannot contain the control character U+{ord(control.group()):04X} (tab is allowed).")
+    if SURROGATE_RE.search(value):
+        _fail("A value must be valid Unicode text: it contains a lone surrogate, which has no UTF-8 form.")
 
 
 def validate_env_mapping(value: object) -> None:
@@ -199,3 +220,32 @@ def validate_known_hosts(value: str) -> None:
             continue
         if not KNOWN_HOSTS_LINE_RE.fullmatch(line):
             _fail(f"Line {number} is not a known_hosts line (host key-type base64-key).")
+
+
+def parse_id(value: object) -> int | None:
+    """A database id given as text (query string, form field): 1 to 2**63-1 in ASCII digits, else None.
+
+    ``str.isdigit`` is not a test for this: it accepts '²', which ``int`` refuses, while ``int`` accepts ' 7',
+    '+7', '1_000' and other scripts' digits; and a number past bigint makes PostgreSQL raise.
+    """
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        return None
+    number = int(value)
+    return number if 1 <= number <= MAX_ID else None
+
+
+def unstorable_text(value: str) -> str | None:
+    """Why PostgreSQL cannot store this text (a NUL character, a lone surrogate), or None when it can."""
+    if "\x00" in value:
+        return "a NUL character"
+    if SURROGATE_RE.search(value):
+        return "a lone surrogate (not valid Unicode)"
+    return None
+
+
+def printable(value: str) -> str:
+    """Text safe to record and show: control characters and lone surrogates as ``\\xNN``/``\\uNNNN`` escapes."""
+    return UNPRINTABLE_RE.sub(
+        lambda match: f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100 else f"\\u{ord(match.group()):04x}",
+        value,
+    )

@@ -34,11 +34,15 @@ def apply_validation_error(form: forms.BaseForm, error: ValidationError) -> None
 
 
 def parse_variables(text: str, label: str) -> dict[str, str]:
-    """``NAME=value`` lines into a mapping; blank lines and ``#`` comments are skipped; names must be unique."""
+    """``NAME=value`` lines into a mapping; blank lines and ``#`` comments are skipped; names must be unique.
+
+    The value is everything after the first ``=``, spaces at either end included, so it reaches the container as
+    typed. Lines end at ``\n`` only (browsers send ``\r\n``): ``str.splitlines`` would also split a value at
+    U+2028, U+0085 and other characters a value may hold.
+    """
     values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, value = line.partition("=")
         name = name.strip()
@@ -121,6 +125,14 @@ class ServerEditForm(forms.ModelForm):
     def clean_labels_text(self) -> list[str]:
         return parse_labels(self.cleaned_data["labels_text"])
 
+    def clean_name(self) -> str:
+        # The organization is not a field of this form, so ModelForm skips the (organization, name) constraint.
+        name: str = self.cleaned_data["name"]
+        taken = Server.objects.filter(organization_id=self.instance.organization_id, name=name)
+        if taken.exclude(pk=self.instance.pk).exists():
+            raise ValidationError(f"Another server of this organization is already named {name}.")
+        return name
+
     def save(self, commit: bool = True) -> Server:
         self.instance.labels = self.cleaned_data["labels_text"]
         return super().save(commit=commit)
@@ -164,12 +176,14 @@ class EnvironmentForm(forms.ModelForm):
     env_vars_text = forms.CharField(
         label="Environment variables",
         required=False,
+        strip=False,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
         help_text="One NAME=value per line.",
     )
     secrets_text = forms.CharField(
         label="Secret variables",
         required=False,
+        strip=False,
         widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
         help_text="One NAME=value per line. Stored encrypted and never shown again.",
     )
