@@ -33,6 +33,7 @@ from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
 from panel.jobs.views import active_job, busy_message, job_steps
+from panel.validators import parse_id
 
 HISTORY_SIZE = 30
 # Statuses shown in red: nothing was restored, or the environment may not serve at all.
@@ -293,12 +294,12 @@ def environment_compare(request: HttpRequest, environment_id: int) -> HttpRespon
         Environment.objects.select_related("project"), request.user, Action.VIEW_DETAILS, pk=environment_id
     )
     deployments = Deployment.objects.filter(environment=environment)
-    ids = [request.GET.get("from", ""), request.GET.get("to", "")]
-    if not all(value.isdigit() for value in ids):
+    older_id, newer_id = parse_id(request.GET.get("from")), parse_id(request.GET.get("to"))
+    if older_id is None or newer_id is None:
         raise Http404("Not found.")
-    found = {deployment.pk: deployment for deployment in deployments.filter(pk__in=[int(value) for value in ids])}
+    found = {deployment.pk: deployment for deployment in deployments.filter(pk__in=[older_id, newer_id])}
     try:
-        older, newer = found[int(ids[0])], found[int(ids[1])]
+        older, newer = found[older_id], found[newer_id]
     except KeyError as exc:
         raise Http404("Not found.") from exc
     if (older.created_at, older.pk) > (newer.created_at, newer.pk):

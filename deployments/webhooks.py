@@ -38,7 +38,7 @@ from panel.accounts.services import record
 from panel.inventory.models import Environment, Project, new_webhook_secret
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
-from panel.validators import validate_git_ref
+from panel.validators import printable, validate_git_ref
 
 MAX_BODY_BYTES = 1024 * 1024
 WEBHOOK_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -192,7 +192,7 @@ def git_webhook(request: HttpRequest, webhook_id: str) -> JsonResponse:
             security=True,
             request=request,
             actor_name=f"{provider} webhook",
-            detail={"provider": provider, "branch": branch[:200]},
+            detail={"provider": provider, "branch": printable(branch[:200])},
         )
         return _answer(400, "Refused: the pushed branch name is not allowed.")
     if not SHA_RE.fullmatch(sha):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
-from django.urls import path, reverse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path, re_path, reverse
 from django.utils.html import format_html
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
@@ -61,6 +62,11 @@ class ApiDocsView(SpectacularSwaggerSplitView):
         )
         return HttpResponse(page, content_type="text/html; charset=utf-8")
 
+    @extend_schema(exclude=True)
+    def options(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
+        """The allowed methods, no body (DRF would render its metadata with the page's template renderer: a 500)."""
+        return HttpResponse(headers={"Allow": ", ".join(self.allowed_methods), "Content-Length": "0"})
+
 
 router = SimpleRouter()
 router.register("organizations", OrganizationViewSet, basename="organization")
@@ -72,8 +78,16 @@ router.register("jobs", JobViewSet, basename="job")
 router.register("tokens", ApiTokenViewSet, basename="token")
 router.register("invitations", InvitationViewSet, basename="invitation")
 
+
+@csrf_exempt  # a 404 for any method: nothing happens here, so no CSRF refusal page either
+def not_found(request: HttpRequest, path: str) -> JsonResponse:
+    """Any other path under /api/v1/: the API's own 404 body, not the HTML page."""
+    return JsonResponse({"detail": "Not found."}, status=404)
+
+
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", ApiDocsView.as_view(), name="docs"),
     *router.urls,
+    re_path(r"^(?P<path>.*)$", not_found),
 ]

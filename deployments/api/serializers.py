@@ -50,8 +50,9 @@ class DeploymentSerializer(CustomerViewMixin, serializers.ModelSerializer):  # t
         help_text="succeeded, failed (previous version restored), failed_no_rollback, degraded, canceled, "
         "interrupted, or running; the job's end state when the worker died before recording an outcome.",
     )
+    # null for webhook deploys and after the user was deleted.
     triggered_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True
+        slug_field="username", read_only=True, allow_null=True
     )
     steps = serializers.SerializerMethodField()
 

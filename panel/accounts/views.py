@@ -42,6 +42,7 @@ from panel.accounts.forms import (
 from panel.accounts.models import ApiToken, AuditEvent, Invitation, Membership, Organization
 from panel.accounts.scoping import for_user, get_for_user, organization_ids, role_in
 from panel.accounts.services import InvitationInvalid, LastOwner, create_token, revoke_token
+from panel.validators import parse_id
 
 AUDIT_PAGE_SIZE = 50
 
@@ -94,10 +95,8 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 def switch_organization(request: HttpRequest) -> HttpResponse:
     """Remember the organization chosen in the switcher (only one the user belongs to, directly or as staff)."""
-    chosen = request.POST.get("organization", "")
-    organization = (
-        for_user(Organization, request.user, Action.VIEW).filter(pk=chosen).first() if chosen.isdigit() else None
-    )
+    chosen = parse_id(request.POST.get("organization"))
+    organization = for_user(Organization, request.user, Action.VIEW).filter(pk=chosen).first() if chosen else None
     if organization is None:
         raise Http404("Not found.")
     request.session[SESSION_KEY] = organization.pk

@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -39,6 +39,7 @@ from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
 from panel.jobs.views import active_job, busy_message
 from panel.remote import RemoteError
+from panel.validators import parse_id
 
 RECENT_JOBS = 10
 
@@ -136,9 +137,8 @@ def server_confirm(request: HttpRequest, server_id: int) -> HttpResponse:
 
 def _server_context(request: HttpRequest, server: Server) -> dict[str, Any]:
     jobs = for_user(Job, request.user, Action.VIEW_DETAILS).filter(server=server)
-    selected = None
-    if request.GET.get("job"):
-        selected = jobs.filter(pk=request.GET["job"]).first() if request.GET["job"].isdigit() else None
+    job_id = parse_id(request.GET.get("job"))
+    selected = jobs.filter(pk=job_id).first() if job_id else None
     return {
         "server": server,
         "jobs": jobs[:RECENT_JOBS],
@@ -201,9 +201,13 @@ def server_edit(request: HttpRequest, server_id: int) -> HttpResponse:
     server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
     form = ServerEditForm(request.POST if request.method == "POST" else None, instance=server)
     if request.method == "POST" and form.is_valid():
-        save_audited(form, request, "server.updated")
-        messages.success(request, "Server saved.")
-        return redirect("server_detail", server_id=server.pk)
+        try:
+            save_audited(form, request, "server.updated")
+        except IntegrityError:  # renamed at the same moment by someone else
+            form.add_error("name", "Another server of this organization is already named so.")
+        else:
+            messages.success(request, "Server saved.")
+            return redirect("server_detail", server_id=server.pk)
     return render(request, "inventory/server_form.html", {"form": form, "server": server, "creating": False})
 
 

@@ -62,6 +62,8 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "server", "environment__project", "created_by"
     )
     status = request.GET.get("status", "")
+    if status not in JobStatus.values:
+        status = ""  # an unknown status (a typo, an old link) lists every job, as no filter does
     if status:
         jobs = jobs.filter(status=status)
     page = Paginator(jobs, JOBS_PAGE_SIZE).get_page(request.GET.get("page"))

@@ -42,6 +42,7 @@ from panel.accounts.scoping import for_user, get_for_user
 from panel.accounts.services import create_invitation, create_token, record, revoke_invitation, revoke_token
 from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
+from panel.validators import parse_id
 
 
 class Conflict(exceptions.APIException):
@@ -178,7 +179,7 @@ class InvitationViewSet(
         invitations = for_user(Invitation, self.request.user, Action.ADMIN).select_related("created_by", "accepted_by")
         organization = self.request.query_params.get("organization", "")
         if organization:
-            invitations = invitations.filter(organization_id=int(organization) if organization.isdigit() else 0)
+            invitations = invitations.filter(organization_id=parse_id(organization) or 0)
         return invitations
 
     def get_serializer_class(self) -> type[BaseSerializer[Any]]:

@@ -16,7 +16,10 @@ class JobSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type: ig
 
     customer_fields = ("id", "kind", "status", "created_at", "started_at", "finished_at")
 
-    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # null for jobs nobody started by hand (a webhook push) and after the user was deleted.
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
@@ -52,10 +55,11 @@ class JobStartedSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class JobBusySerializer(serializers.Serializer):  # type: ignore[type-arg]
-    """409: another job holds the target; ``job`` is its id."""
+    """409: another job holds the target (``job`` is its id, null when it ended meanwhile), or another conflict
+    with the target's state, in words only (``detail`` without ``job``)."""
 
     detail = serializers.CharField()
-    job = serializers.IntegerField(allow_null=True)
+    job = serializers.IntegerField(allow_null=True, required=False)
 
 
 class JobLineSerializer(serializers.Serializer):  # type: ignore[type-arg]
