@@ -250,3 +250,31 @@ def test_it_documents_the_error_answers_of_every_operation(db: Any) -> None:
     for name, field in [("Job", "created_by"), ("Deployment", "triggered_by")]:
         assert schema["components"]["schemas"][name]["properties"][field]["nullable"] is True
     assert json.dumps(schema).count('"additionalProperties": {}') >= 1
+
+
+def test_it_answers_every_page_without_a_server_error_whatever_the_query(
+    inventory: dict[str, Any], orgs: dict[str, Any]
+) -> None:
+    """A sweep over the HTML pages with every query parameter the views read, set to what ``int`` or the database
+    would trip over, and to plain junk."""
+    server, project, environment = inventory["server_a"], inventory["project_a"], inventory["env_a"]
+    job = Job.objects.create(organization=server.organization, kind="validate_server", server=server)
+    pages = [
+        "/", "/servers/", "/servers/new/", f"/servers/{server.pk}/", f"/servers/{server.pk}/facts/",
+        f"/servers/{server.pk}/confirm/", f"/servers/{server.pk}/edit/", f"/servers/{server.pk}/delete/",
+        "/projects/", "/projects/new/", f"/projects/{project.pk}/", f"/projects/{project.pk}/edit/",
+        f"/projects/{project.pk}/environments/new/", f"/environments/{environment.pk}/",
+        f"/environments/{environment.pk}/edit/", f"/environments/{environment.pk}/compare/", "/audit/", "/tokens/",
+        "/organizations/", f"/organizations/{orgs['a'].pk}/members/", "/jobs/", f"/jobs/{job.pk}/",
+        f"/jobs/{job.pk}/log.txt", "/account/two-factor/", "/invite/nope/",
+    ]  # fmt: skip
+    names = ["job", "from", "to", "status", "page", "organization", "security", "next", "script"]
+    client = logged_in()
+    for value in ["²", "٣", "9" * 40, "-1", "'; --", "%", "é" * 300, "\x00"]:
+        for page in pages:
+            response = client.get(page, {name: value for name in names})
+            assert response.status_code < 500, (page, value, response.status_code)
+    # Bytes that are not UTF-8 (a surrogate's encoding, 0xFF) reach the views as replacement characters.
+    for page in pages:
+        response = client.get(page + "?" + "&".join(f"{name}=%ED%A0%80%FF" for name in names))
+        assert response.status_code < 500, (page, response.status_code)
