@@ -278,3 +278,14 @@ def test_it_answers_every_page_without_a_server_error_whatever_the_query(
     for page in pages:
         response = client.get(page + "?" + "&".join(f"{name}=%ED%A0%80%FF" for name in names))
         assert response.status_code < 500, (page, response.status_code)
+
+
+def test_it_answers_options_and_head_on_every_api_path(inventory: dict[str, Any], users: dict[str, Any]) -> None:
+    schema = Client().get("/api/v1/schema/?format=json").json()
+    client = api(users["alice"])
+    for path in [*schema["paths"], "/api/v1/docs/", "/api/v1/schema/", "/api/v1/nothing/here/"]:
+        concrete = path.replace("{id}", str(inventory["env_a"].pk))
+        for method in ("options", "head"):
+            response = getattr(client, method)(concrete)
+            assert response.status_code < 500, (method, concrete, response.status_code)
+    assert client.get("/api/v1/nothing/here/").json() == {"detail": "Not found."}
