@@ -186,7 +186,9 @@ class Supervisor:
         """Ask every child to stop (newest first), wait for them, then kill whatever is left of their groups."""
         running = [c.process for c in reversed(self.children) if c.process is not None and c.process.poll() is None]
         for proc in running:
-            _kill_group(proc, signal.SIGTERM)
+            # The main process only: a Celery worker ends its own pool processes (a warm shutdown), and a signal
+            # to them as well would kill the running tasks under it.
+            proc.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT
         while not self.forced and time.monotonic() < deadline and any(p.poll() is None for p in running):
             time.sleep(0.1)

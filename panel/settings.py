@@ -103,8 +103,17 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Several processes (web, worker, beat) share the file: wait instead of failing on a busy database.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # Several processes (web, worker with its job threads, beat) share the file. WAL lets readers run beside the
+    # one writer; a write transaction takes the write lock when it begins (IMMEDIATE), where SQLite waits up to
+    # the busy timeout, instead of upgrading a read lock half-way, which fails at once with "database is
+    # locked"; synchronous=NORMAL is WAL's durable-enough setting (no fsync per commit).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": envfloat("DATABASE_SQLITE_BUSY_TIMEOUT", 30.0),
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -181,15 +181,20 @@ class RunningPanel:
         assert status == 200 and "/login/" not in url, body[:2000]
         return body
 
-    def api(self, method: str, path: str, token: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
+    def api(self, method: str, path: str, token: str = "", body: Any = None, timeout: float = 60) -> tuple[int, Any]:
+        """Call the API with a token, or without one as the signed-in browser (session cookie + CSRF header)."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        else:
+            headers.update({"X-CSRFToken": self.csrf(), "Referer": self.base + "/"})
         request = urllib.request.Request(
-            self.base + path,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            self.base + path, data=None if body is None else json.dumps(body).encode(), method=method, headers=headers
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with (self.opener() if not token else urllib.request.build_opener()).open(
+                request, timeout=timeout
+            ) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             text = exc.read()
