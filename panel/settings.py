@@ -175,7 +175,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # one (a publish must not hang the request that makes it), and retry a command that timed out once.
     "socket_keepalive": True,
     "socket_connect_timeout": envfloat("CELERY_BROKER_CONNECT_TIMEOUT", 5.0),
-    "socket_timeout": envfloat("CELERY_BROKER_SOCKET_TIMEOUT", 30.0),
+    "socket_timeout": envfloat("CELERY_BROKER_SOCKET_TIMEOUT", 10.0),
     "health_check_interval": envint("CELERY_BROKER_HEALTH_CHECK_INTERVAL", 10, minimum=1),
     "retry_on_timeout": True,
 }
