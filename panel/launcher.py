@@ -248,6 +248,9 @@ def main() -> None:
             "--port",
             port,
             "--proxy-headers",
+            # The proxies Django trusts (PANEL_TRUSTED_PROXIES, default loopback): uvicorn must not trust more.
+            "--forwarded-allow-ips",
+            os.environ.get("PANEL_TRUSTED_PROXIES") or "127.0.0.1,::1",
             "--log-level",
             "warning",
         ]
