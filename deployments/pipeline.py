@@ -101,6 +101,14 @@ SQL
 echo "ALTER DATABASE :\"db\" ALLOW_CONNECTIONS true;" | psql -X -q -d postgres -v db="$db"
 exit 1
 """
+# What runs of a compose project, read from Docker alone (the compose files on the server may be half-written):
+# one "service image-id state container-id" line per container.
+RUNNING_SCRIPT = (
+    'ids=$(docker ps -aq --filter "label=com.docker.compose.project=$1" '
+    '--filter "label=com.docker.compose.oneoff=False") || exit 1; [ -n "$ids" ] || exit 0; '
+    "exec docker inspect --format "
+    "'{{index .Config.Labels \"com.docker.compose.service\"}} {{.Image}} {{.State.Status}} {{.Id}}' $ids"
+)
 DB_STATE_SQL = "SELECT count(*) FROM pg_tables WHERE tablename = 'ir_module_module'"
 DB_NOT_READY = (
     "could not connect",
@@ -476,6 +484,23 @@ class Pipeline:
             f"{c.get('Name', '?')} ({c.get('State', '?')})" for c in containers if c.get("State") != "running"
         )
         return names, stopped, CommandResult(result.exit_code, answer.strip(), result.stderr)
+
+    def running(self) -> dict[str, dict[str, str]]:
+        """Each service's container as Docker reports it: ``{"image": id, "state": ..., "container": id}``."""
+        result = self.capture(["sh", "-c", RUNNING_SCRIPT, "sh", self.environment.compose_project], timeout=60)
+        if not result.ok:
+            raise StepFailed(f"Could not list the environment's containers: {result.stderr.strip()[-300:]}")
+        found: dict[str, dict[str, str]] = {}
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 4 and SERVICE_NAME_RE.fullmatch(parts[0]):
+                found[parts[0]] = {"image": parts[1], "state": parts[2], "container": parts[3]}
+        return found
+
+    def odoo_health(self, container: str) -> CommandResult:
+        """Odoo's ``/web/health`` answer, asked inside the container itself (by its full id)."""
+        url = "http://localhost:8069/web/health"
+        return self.capture(["docker", "exec", container, "curl", "-fsS", "--max-time", "5", url], timeout=30)
 
     def wait_healthy(self) -> None:
         """Wait until every container runs and Odoo answers ``/web/health`` with ``pass``."""

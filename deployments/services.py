@@ -368,3 +368,95 @@ def _recover(
     if canceled:
         raise JobCanceled(f"Canceled. {restored}")
     raise StepFailed(f"{what} {restored}")
+
+
+def start_check(*, environment: Environment, actor: Any, trigger: str = "user") -> Any:
+    """Check what runs on the environment now; it proves an environment that needs attention runs again.
+
+    Raises ``TargetBusy`` if a job holds the environment.
+    """
+    job = jobs.create_job(
+        kind=JobKind.CHECK,
+        organization=environment.project.organization,
+        created_by=actor,
+        environment=environment,
+        lock_key=lock_key(environment),
+        params={"environment_id": environment.pk},
+        trigger=trigger,
+    )
+    record(action="environment.check", actor=actor, obj=environment, detail={"job": job.pk})
+    return job
+
+
+def _matching_deployment(environment: Environment, running: dict[str, dict[str, str]]) -> Deployment | None:
+    """The newest successful deployment whose every recorded image is what its service runs now."""
+    candidates = Deployment.objects.filter(
+        environment=environment, status=DeploymentStatus.SUCCEEDED, kind__in=[DeploymentKind.DEPLOY,
+        DeploymentKind.PROMOTE]
+    ).exclude(commit="")  # fmt: skip
+    for deployment in candidates.order_by("-created_at", "-id")[:50]:
+        recorded = {service: image.get("id") for service, image in (deployment.images or {}).items()}
+        if recorded and all(image and running.get(service, {}).get("image") == image
+                            for service, image in recorded.items()):  # fmt: skip
+            return deployment
+    return None
+
+
+def _database_doubt(environment: Environment, deployment: Deployment) -> str:
+    """Why the database may not match ``deployment``'s code: an unclean job updated it and did not restore it."""
+    unclean = environment.changing_job
+    if unclean is None or not unclean.is_terminal:
+        return ""
+    steps = {step.get("name"): step.get("status") for step in (unclean.result or {}).get("steps", [])}
+    updated_by = Deployment.objects.filter(job=unclean).first()
+    if "Update database" not in steps or (updated_by is not None and updated_by.pk == deployment.pk):
+        return ""
+    if steps.get("Rollback: Restore database") == "succeeded":
+        return ""
+    return (
+        f"{unclean} ran its database update before it ended uncleanly, so the database may be newer than the code "
+        f"of deployment #{deployment.pk} that runs now: deploy again to be sure."
+    )
+
+
+@handler(JobKind.CHECK, hold=environment_hold)
+def check_environment(context: JobContext) -> dict[str, Any]:
+    """Read what runs (containers, their images, Odoo's health); if it is a known deployment that answers, and
+    nothing casts doubt on its database, the environment runs that deployment again (attention cleared)."""
+    environment = Environment.objects.select_related("project", "server", "changing_job").get(
+        pk=context.job.params["environment_id"]
+    )
+    pipeline = Pipeline(context, environment, 0)
+    with context.step("Check what runs", cancelable=False):
+        running = pipeline.running()
+        if not running:
+            raise JobFailed("Nothing of this environment runs on the server: deploy it.")
+        for service, container in sorted(running.items()):
+            context.write(f"{service}: {container['state']}, image {container['image'][:19]}")
+        stopped = sorted(f"{service} ({c['state']})" for service, c in running.items() if c["state"] != "running")
+        if stopped:
+            raise JobFailed(f"Not running: {', '.join(stopped)}. Deploy again, or start them on the server.")
+        if "odoo" not in running:
+            raise JobFailed("The environment has no odoo service running.")
+        answer = pipeline.odoo_health(running["odoo"]["container"])
+        if not answer.ok or '"pass"' not in answer.stdout:
+            problem = (answer.stdout or answer.stderr).strip()[-200:] or "no answer"
+            raise JobFailed(f"Odoo does not answer /web/health with pass ({problem}).")
+        context.write("Odoo answers /web/health: pass.")
+        deployment = _matching_deployment(environment, running)
+        if deployment is None:
+            raise JobFailed(
+                "Odoo answers, but it runs images that no successful deployment of the panel recorded: deploy again "
+                "to know what runs."
+            )
+        doubt = _database_doubt(environment, deployment)
+        if doubt:
+            raise JobFailed(doubt)
+    Environment.objects.filter(pk=environment.pk).update(current_deployment=deployment, degraded=False)
+    if environment.changing_job is not None and environment.changing_job.is_terminal:
+        Environment.objects.filter(pk=environment.pk, changing_job=environment.changing_job).update(changing_job=None)
+    finish_changing(environment=environment, job=context.job, proven=True)
+    context.write(
+        f"Deployment #{deployment.pk} ({deployment.short_commit}) runs and answers: the environment runs it again."
+    )
+    return {"deployment": deployment.pk, "commit": deployment.commit}

@@ -7,6 +7,7 @@ from deployments import views
 urlpatterns = [
     path("environments/<int:environment_id>/deploy/", views.environment_deploy, name="environment_deploy"),
     path("environments/<int:environment_id>/promote/", views.environment_promote, name="environment_promote"),
+    path("environments/<int:environment_id>/check/", views.environment_check, name="environment_check"),
     path("environments/<int:environment_id>/compare/", views.environment_compare, name="environment_compare"),
     path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:deployment_id>/rollback/", views.deployment_rollback, name="deployment_rollback"),

@@ -173,6 +173,19 @@ def environment_promote(request: HttpRequest, environment_id: int) -> HttpRespon
     return _started(request, environment, lambda: services.start_promote(environment=environment, actor=request.user))
 
 
+@require_POST
+@login_required
+def environment_check(request: HttpRequest, environment_id: int) -> HttpResponse:
+    """Check what runs on the environment (proves an environment that needs attention runs again)."""
+    environment = _environment_for_change(request, environment_id)
+    try:
+        job = services.start_check(environment=environment, actor=request.user)
+    except TargetBusy as exc:
+        messages.warning(request, busy_message(exc))
+        return redirect("environment_detail", environment_id=environment.pk)
+    return redirect("job_detail", job_id=job.pk)
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
 def deployment_rollback(request: HttpRequest, deployment_id: int) -> HttpResponse:

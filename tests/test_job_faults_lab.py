@@ -26,7 +26,7 @@ from deployments.models import Deployment
 from deployments.services import start_deploy
 from panel.accounts.services import create_token
 from panel.jobs.models import Job, JobLogLine
-from tests.deploy_fixtures import deploy, health, log_text, wait_for_step
+from tests.deploy_fixtures import KEY, deploy, health, log_text, wait_for_step
 from tests.lab_helpers import wait_job
 from tests.services import start_postgres, stop_postgres
 
@@ -211,3 +211,41 @@ def test_two_deploys_never_overlap_on_the_server_without_the_database_lock(
     second_remote = second_lines.filter(stream__in=["out", "err"])
     assert min(second_remote.values_list("ts", flat=True)) >= held_at
     assert health(lab1) == {"status": "pass"}
+
+
+def test_a_check_proves_what_runs_after_an_interrupted_deploy(
+    deploy_env, jobs_worker, monitoring_worker, live_server_url, lab1, lab_sample, users
+) -> None:
+    first = deploy(deploy_env, users["alice"])
+    assert first.job.status == "succeeded", first.job.reason
+    _, token = create_token(user=users["olga"], name="checks", scope="write")
+    marker = f"tick-{uuid.uuid4().hex[:8]}"
+    slow_build(lab_sample, marker)
+    second = api_deploy(live_server_url, token, deploy_env)
+    wait_for_line(second.job, rf"{marker} 2( |$)")
+    jobs_worker.kill()
+    wait_job(second.job, timeout=60, statuses=("interrupted",))
+    jobs_worker.start()
+    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    assert body["state"] == "needs attention", body
+    # Odoo is down: the check says so and proves nothing.
+    lab1.docker("stop", f"{KEY}-odoo-1", check=True)
+    status, body = api(live_server_url, token, "POST", f"/api/v1/environments/{deploy_env.pk}/check/")
+    assert status == 202, body
+    check = wait_job(Job.objects.get(pk=body["job"]["id"]), timeout=120)
+    assert check.status == "failed" and "Not running: odoo (exited)" in check.reason, check.reason
+    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    assert body["state"] == "needs attention", body
+    # Odoo runs the first deployment's image again: the check proves it.
+    lab1.docker("start", f"{KEY}-odoo-1", check=True)
+    deadline = time.monotonic() + 60
+    while True:
+        status, body = api(live_server_url, token, "POST", f"/api/v1/environments/{deploy_env.pk}/check/")
+        check = wait_job(Job.objects.get(pk=body["job"]["id"]), timeout=120)
+        if check.status == "succeeded" or time.monotonic() > deadline:
+            break
+        time.sleep(2)  # Odoo still starting
+    assert check.status == "succeeded", check.reason
+    assert check.result["deployment"] == first.pk
+    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    assert body["state"] == "running" and body["current_deployment"]["id"] == first.pk, body

@@ -38,7 +38,7 @@ from deployments.models import Deployment
 from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user, get_for_user
-from panel.jobs.api.serializers import JobBusySerializer
+from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
 from panel.jobs.api.views import busy_response
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
@@ -83,6 +83,20 @@ class EnvironmentDeployActions(viewsets.GenericViewSet):  # type: ignore[type-ar
             ref=body.validated_data.get("ref", ""),
             trigger=Trigger.API,
         )
+
+    @extend_schema(request=None, responses={202: JobStartedSerializer, 409: JobBusySerializer})
+    @action(detail=True, methods=["post"])
+    def check(self, request: Request, pk: str | None = None) -> Response:
+        """Check what runs: containers, their images and Odoo's health. When it is a known deployment that answers,
+        the environment's state is ``running`` again (this is how a *needs attention* state is cleared without a
+        deploy); otherwise the job fails and says what it found."""
+        environment = self.get_object()
+        try:
+            job = services.start_check(environment=environment, actor=request.user, trigger=Trigger.API)
+        except TargetBusy as exc:
+            return busy_response(exc)
+        body = JobStartedSerializer({"job": job}, context=self.get_serializer_context())
+        return Response(body.data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses=STARTED_RESPONSES)
     @action(detail=True, methods=["post"])

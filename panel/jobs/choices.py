@@ -28,6 +28,7 @@ class JobKind(models.TextChoices):
     RESTORE = "restore", "Restore"
     COPY = "copy", "Copy production to staging"
     VERIFY = "verify", "Verify backup"
+    CHECK = "check", "Check what runs"
 
 
 class LogStream(models.TextChoices):
