@@ -29,3 +29,34 @@ def emit(context: JobContext) -> dict[str, Any]:
     if context.job.params.get("fail"):
         raise JobFailed("Failed on purpose.")
     return {"written": written}
+
+
+def _hold_server(context: JobContext) -> Any:
+    """Hold the job's server like an environment job holds its environment (a directory of its own)."""
+    from panel.inventory.models import Server
+    from panel.remote.session import hold
+    from panel.remote.ssh import Target
+
+    server = Server.objects.get(pk=context.job.server_id)
+    return hold(
+        Target.for_server(server), job_id=context.job.pk, directory="doodba-panel/test-hold",
+        compose_project="test-hold", wait=30, on_message=context.write,
+    )  # fmt: skip
+
+
+@handler("test_remote_sleep", hold=_hold_server)
+def remote_sleep(context: JobContext) -> dict[str, Any]:
+    """Run a long ``sleep`` on the job's server (its shell's arguments carry ``marker``), streaming its output."""
+    from panel.inventory.models import Server
+    from panel.remote import run
+    from panel.remote.ssh import Target
+
+    target = Target.for_server(Server.objects.get(pk=context.job.server_id))
+    seconds = str(context.job.params.get("seconds", 300))
+    with context.step("sleep"):
+        script = 'echo started; sleep "$1" & wait; echo "slept ($0)"'
+        code = run(target, ["sh", "-c", script, context.job.params["marker"], seconds], on_output=context.log.output,
+                   timeout=900, idle_timeout=900)  # fmt: skip
+    if code:
+        raise JobFailed(f"sleep ended with {code}")
+    return {}
