@@ -52,8 +52,8 @@ async def _drain(queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
             continue
         try:
             await layer.group_send(group, message)
-        except Exception as exc:
-            # Best effort (viewers catch up from the database): one line, not a traceback per push while Redis is away.
+        except Exception as exc:  # noqa: BLE001 - best effort: viewers catch up from the database
+            # One line, not a traceback per push while Redis is away.
             logger.warning("could not push an update to channel group %s: %s", group, exc)
 
 
