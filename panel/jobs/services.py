@@ -170,9 +170,7 @@ def finish(job: Job, status: str, reason: str = "", result: dict[str, Any] | Non
         fields["result"] = result
 
     def write() -> bool:
-        updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.INTERRUPTED]).update(
-            **fields
-        )
+        updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.RUNNING, JobStatus.INTERRUPTED]).update(**fields)
         if updated:
             job.refresh_from_db()
             publish_status(job)

@@ -5,21 +5,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inventory', '0001_initial'),
-        ('jobs', '0002_job_publish_count_job_published_at'),
+        ("inventory", "0001_initial"),
+        ("jobs", "0002_job_publish_count_job_published_at"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='environment',
-            name='attention',
-            field=models.TextField(blank=True, help_text='Why the environment needs attention, until a deploy or a health check proves it runs.'),
+            model_name="environment",
+            name="attention",
+            field=models.TextField(
+                blank=True,
+                help_text="Why the environment needs attention, until a deploy or a health check proves it runs.",
+            ),
         ),
         migrations.AddField(
-            model_name='environment',
-            name='changing_job',
-            field=models.ForeignKey(blank=True, help_text='The job changing what runs on the server; set before it changes anything, cleared when it finishes cleanly. Still set once that job has ended: it ended uncleanly.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='jobs.job'),
+            model_name="environment",
+            name="changing_job",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="The job changing what runs on the server; set before it changes anything, cleared when it finishes cleanly. Still set once that job has ended: it ended uncleanly.",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="jobs.job",
+            ),
         ),
     ]

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0001_initial'),
+        ("jobs", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='job',
-            name='publish_count',
+            model_name="job",
+            name="publish_count",
             field=models.PositiveSmallIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='job',
-            name='published_at',
-            field=models.DateTimeField(blank=True, help_text='When its task was last handed to the broker.', null=True),
+            model_name="job",
+            name="published_at",
+            field=models.DateTimeField(blank=True, help_text="When its task was last handed to the broker.", null=True),
         ),
     ]

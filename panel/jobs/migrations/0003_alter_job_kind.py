@@ -4,15 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0002_job_publish_count_job_published_at'),
+        ("jobs", "0002_job_publish_count_job_published_at"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='job',
-            name='kind',
-            field=models.CharField(choices=[('validate_server', 'Validate server'), ('deploy', 'Deploy'), ('rollback', 'Roll back'), ('backup', 'Back up'), ('restore', 'Restore'), ('copy', 'Copy production to staging'), ('verify', 'Verify backup'), ('check', 'Check what runs')], max_length=32),
+            model_name="job",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("validate_server", "Validate server"),
+                    ("deploy", "Deploy"),
+                    ("rollback", "Roll back"),
+                    ("backup", "Back up"),
+                    ("restore", "Restore"),
+                    ("copy", "Copy production to staging"),
+                    ("verify", "Verify backup"),
+                    ("check", "Check what runs"),
+                ],
+                max_length=32,
+            ),
         ),
     ]
