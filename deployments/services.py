@@ -24,6 +24,7 @@ from panel.inventory.models import Environment
 from panel.inventory.services import environment_hold, finish_changing, mark_changing
 from panel.jobs import services as jobs
 from panel.jobs.choices import JobKind
+from panel.jobs.models import Job
 from panel.jobs.runner import JobCanceled, JobContext, JobFailed, handler
 from panel.remote import RemoteError
 from panel.validators import validate_git_ref
@@ -34,6 +35,19 @@ GENERATED_SECRETS = ("ADMIN_PASSWORD", "PGPASSWORD")
 def lock_key(environment: Environment) -> str:
     """The job lock every mutating job of an environment takes."""
     return f"environment:{environment.pk}"
+
+
+def environment_job(*, environment: Environment, kind: str, actor: Any, trigger: str) -> Job:
+    """Queue a mutating job of ``kind`` on the environment (it holds the environment's lock)."""
+    return jobs.create_job(
+        kind=kind,
+        organization=environment.project.organization,
+        created_by=actor,
+        environment=environment,
+        lock_key=lock_key(environment),
+        params={"environment_id": environment.pk},
+        trigger=trigger,
+    )
 
 
 @transaction.atomic
@@ -49,13 +63,10 @@ def _start(
     validate_git_ref(ref)
     # The caller's copy may be stale: what is live now is what the worker last recorded.
     environment.refresh_from_db(fields=["current_deployment", "degraded"])
-    job = jobs.create_job(
-        kind=JobKind.ROLLBACK if kind == DeploymentKind.ROLLBACK else JobKind.DEPLOY,
-        organization=environment.project.organization,
-        created_by=actor,
+    job = environment_job(
         environment=environment,
-        lock_key=lock_key(environment),
-        params={"environment_id": environment.pk},
+        kind=JobKind.ROLLBACK if kind == DeploymentKind.ROLLBACK else JobKind.DEPLOY,
+        actor=actor,
         trigger=trigger,
     )
     deployment = Deployment.objects.create(
@@ -370,20 +381,12 @@ def _recover(
     raise StepFailed(f"{what} {restored}")
 
 
-def start_check(*, environment: Environment, actor: Any, trigger: str = "user") -> Any:
+def start_check(*, environment: Environment, actor: Any, trigger: str = "user") -> Job:
     """Check what runs on the environment now; it proves an environment that needs attention runs again.
 
     Raises ``TargetBusy`` if a job holds the environment.
     """
-    job = jobs.create_job(
-        kind=JobKind.CHECK,
-        organization=environment.project.organization,
-        created_by=actor,
-        environment=environment,
-        lock_key=lock_key(environment),
-        params={"environment_id": environment.pk},
-        trigger=trigger,
-    )
+    job = environment_job(environment=environment, kind=JobKind.CHECK, actor=actor, trigger=trigger)
     record(action="environment.check", actor=actor, obj=environment, detail={"job": job.pk})
     return job
 
