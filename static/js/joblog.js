@@ -4,10 +4,10 @@
  * says there are more), then open the job's websocket from that seq and append live lines. Lines are de-duplicated
  * by seq. A socket that closes while the job runs reconnects with backoff: it catches up over HTTP first (which
  * also brings the final status if the job ended meanwhile), then opens a new socket with ?after=<last seq>. A
- * socket closed because the user signed out (4401) or lost access (4403, 4404) is not reopened. Status frames update every
- * [data-job-status] badge of the job; when a running job ends, a "joblog-finished" event fires on <body> (htmx
- * reloads the parts of the page that depend on the result). Steps frames redraw every [data-job-steps] list of the
- * job: each step's name, state (succeeded, failed, running) and duration.
+ * socket closed because the user signed out (4401) or lost access (4403, 4404) is not reopened. Status frames
+ * update every [data-job-status] badge of the job; when a running job ends, a "joblog-finished" event fires on
+ * <body> (htmx reloads the parts of the page that depend on the result). Steps frames redraw every
+ * [data-job-steps] list of the job: each step's name, state (succeeded, failed, running) and duration.
  *
  * Log text is untrusted: it is only ever inserted with textContent, never as HTML. ANSI colours (SGR 0, 1, 22,
  * 30-37, 39, 90-97) become spans with classes; other escape sequences are dropped.
