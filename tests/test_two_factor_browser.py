@@ -28,6 +28,7 @@ from panel.jobs.choices import JobStatus
 from panel.jobs.models import Job, JobLogLine
 from tests.conftest import PASSWORD
 from tests.test_two_factor import enroll, totp_code
+from tests.ws_helpers import in_thread
 
 
 @pytest.fixture
@@ -204,7 +205,9 @@ def test_it_closes_the_websockets_of_staff_who_owe_a_second_factor(
             frame = json.loads(await asyncio.wait_for(socket.recv(), timeout=10))
             texts += [line["text"] for line in frame.get("lines", [])]
             # The owner switches the requirement on while the socket is open.
-            await asyncio.to_thread(lambda: Organization.objects.filter(pk=hosting.pk).update(require_two_factor=True))
+            await asyncio.to_thread(
+                in_thread, lambda: Organization.objects.filter(pk=hosting.pk).update(require_two_factor=True)
+            )
             switched = asyncio.get_running_loop().time()
             try:
                 while True:
