@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -77,3 +79,27 @@ def installed_version(host: Any, addon: str) -> str:
     result = host.ssh(*COMPOSE, "exec", "-T", "odoo", "psql", "-tAc", sql)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def api_call(base: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One API request with a token, as an integration sends it: (status, decoded JSON body)."""
+    data = json.dumps(body if body is not None else {}).encode() if method != "GET" else None
+    request = urllib.request.Request(
+        f"{base}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def api_deploy(base: str, token: str, environment: Environment, ref: str = "") -> Deployment:
+    """Start a deploy through the API (202) and return its deployment."""
+    status, body = api_call(base, token, "POST", f"/api/v1/environments/{environment.pk}/deploy/",
+                            {"ref": ref} if ref else {})  # fmt: skip
+    assert status == 202, body
+    return Deployment.objects.select_related("job").get(pk=body["deployment"]["id"])

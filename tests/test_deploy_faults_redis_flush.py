@@ -10,21 +10,18 @@ final status, within the live log's quiet period of the job's end.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 import websockets
 from django.conf import settings
 
-from deployments.models import Deployment
 from panel.accounts.services import create_token
 from panel.jobs.models import JobLogLine
-from tests.deploy_fixtures import log_text, wait_for_step
+from tests.deploy_fixtures import api_deploy, log_text, wait_for_step
 from tests.lab_helpers import wait_job
 from tests.ws_helpers import flush_redis, lines_of, read_until, session_cookie, statuses_of, ws_url
 
@@ -34,19 +31,6 @@ os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 TERMINAL = ("succeeded", "failed", "canceled", "interrupted")
-
-
-def start_deploy_over_api(base: str, environment_id: int, token: str) -> Deployment:
-    request = urllib.request.Request(
-        f"{base}/api/v1/environments/{environment_id}/deploy/",
-        data=b"{}",
-        method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status == 202
-        body = json.loads(response.read())
-    return Deployment.objects.select_related("job").get(pk=body["deployment"]["id"])
 
 
 class SocketFollower(threading.Thread):
@@ -78,7 +62,7 @@ def test_it_ends_an_open_log_page_with_every_line_and_the_final_status_when_redi
 ) -> None:
     alice = users["alice"]
     _, token = create_token(user=alice, name="flush", scope="write")
-    deployment = start_deploy_over_api(live_server_url, deploy_env.pk, token)
+    deployment = api_deploy(live_server_url, token, deploy_env)
     job = deployment.job
 
     follower = SocketFollower(

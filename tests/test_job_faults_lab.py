@@ -11,54 +11,22 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
 
 import pytest
 from django.db import connections
 
-from deployments.models import Deployment
 from deployments.services import start_deploy
 from panel.accounts.services import create_token
 from panel.jobs.models import Job, JobLogLine
-from tests.deploy_fixtures import KEY, deploy, health, log_text, wait_for_step
+from tests.deploy_fixtures import KEY, api_call, api_deploy, deploy, health, log_text, wait_for_step
 from tests.lab_helpers import wait_job
 from tests.services import start_postgres, stop_postgres
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
-
-
-def api(base: str, token: str, method: str, path: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"{base}{path}",
-        data=b"{}" if method == "POST" else None,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def api_deploy(base: str, token: str, environment: Any, ref: str = "") -> Deployment:
-    path = f"/api/v1/environments/{environment.pk}/deploy/"
-    request = urllib.request.Request(
-        f"{base}{path}",
-        data=json.dumps({"ref": ref} if ref else {}).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status == 202
-        body = json.loads(response.read())
-    return Deployment.objects.select_related("job").get(job_id=body["job"]["id"])
 
 
 def slow_build(lab_sample: Any, marker: str, ticks: int = 60) -> str:
@@ -129,7 +97,7 @@ def test_it_stops_a_deploy_whose_database_went_away_and_leaves_nothing_running(
     assert reached < 60, "the build ran to its end"
     assert tagged_processes(lab1, job) == []
     # The environment says so until a deploy proves otherwise.
-    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, body = api_call(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert status == 200 and body["state"] == "needs attention", body
     assert f"#{job.pk}" in body["state_detail"]
     assert processes_of(lab1, marker) == []
@@ -139,7 +107,7 @@ def test_it_stops_a_deploy_whose_database_went_away_and_leaves_nothing_running(
     second.job.refresh_from_db()
     assert second.job.status == "succeeded", second.job.reason + log_text(second)[-3000:]
     assert health(lab1) == {"status": "pass"}
-    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, body = api_call(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert body["state"] == "running", body
 
 
@@ -163,12 +131,12 @@ def test_it_shows_needs_attention_when_the_worker_dies_during_the_rollback(
     assert tagged_processes(lab1, job) == [], "the rollback's commands outlived its connection"
     _, customer_token = create_token(user=users["carol"], name="status", scope="read")
     for who, key in (("staff", token), ("customer", customer_token)):
-        status, body = api(live_server_url, key, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+        status, body = api_call(live_server_url, key, "GET", f"/api/v1/environments/{deploy_env.pk}/")
         assert status == 200, body
         assert body["state"] == "needs attention", (who, body)
-    status, staff = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, staff = api_call(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert f"Deploy #{job.pk} did not finish cleanly" in staff["state_detail"]
-    status, customer = api(live_server_url, customer_token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, customer = api_call(live_server_url, customer_token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert str(job.pk) not in customer["state_detail"] and "lab1" not in customer["state_detail"]
     for user in (users["alice"], users["carol"]):
         client.force_login(user)
@@ -182,7 +150,7 @@ def test_it_shows_needs_attention_when_the_worker_dies_during_the_rollback(
     lab_sample.reset_sample()
     third = deploy(deploy_env, users["alice"], ref=lab_sample.sample_initial_sha)
     assert third.job.status == "succeeded", third.job.reason
-    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, body = api_call(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert body["state"] == "running", body
 
 
@@ -226,26 +194,26 @@ def test_a_check_proves_what_runs_after_an_interrupted_deploy(
     jobs_worker.kill()
     wait_job(second.job, timeout=60, statuses=("interrupted",))
     jobs_worker.start()
-    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, body = api_call(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert body["state"] == "needs attention", body
     # Odoo is down: the check says so and proves nothing.
     lab1.docker("stop", f"{KEY}-odoo-1", check=True)
-    status, body = api(live_server_url, token, "POST", f"/api/v1/environments/{deploy_env.pk}/check/")
+    status, body = api_call(live_server_url, token, "POST", f"/api/v1/environments/{deploy_env.pk}/check/")
     assert status == 202, body
     check = wait_job(Job.objects.get(pk=body["job"]["id"]), timeout=120)
     assert check.status == "failed" and "Not running: odoo (exited)" in check.reason, check.reason
-    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, body = api_call(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert body["state"] == "needs attention", body
     # Odoo runs the first deployment's image again: the check proves it.
     lab1.docker("start", f"{KEY}-odoo-1", check=True)
     deadline = time.monotonic() + 60
     while True:
-        status, body = api(live_server_url, token, "POST", f"/api/v1/environments/{deploy_env.pk}/check/")
+        status, body = api_call(live_server_url, token, "POST", f"/api/v1/environments/{deploy_env.pk}/check/")
         check = wait_job(Job.objects.get(pk=body["job"]["id"]), timeout=120)
         if check.status == "succeeded" or time.monotonic() > deadline:
             break
         time.sleep(2)  # Odoo still starting
     assert check.status == "succeeded", check.reason
     assert check.result["deployment"] == first.pk
-    status, body = api(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
+    status, body = api_call(live_server_url, token, "GET", f"/api/v1/environments/{deploy_env.pk}/")
     assert body["state"] == "running" and body["current_deployment"]["id"] == first.pk, body
