@@ -25,13 +25,18 @@ from panel.validators import unstorable_text
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler with two changes: one 404 body whether an object does not exist or belongs to another
-    organization, and a 400 body that is always an object (a bare list of messages becomes ``non_field_errors``)."""
+    """DRF's handler with three changes: one 404 body whether an object does not exist or belongs to another
+    organization, a 400 body that is always an object (a bare list of messages becomes ``non_field_errors``), and
+    503 ``{"detail", "job"}`` for a job the broker could not take (the job is ended at once: it holds no lock)."""
     # Imported here: DRF's APIView reads this module's parsers from the settings while rest_framework.views loads.
     from rest_framework.views import exception_handler as drf_exception_handler
 
+    from panel.jobs.services import QueueUnavailable
+
     if isinstance(exc, Http404):
         return Response({"detail": "Not found."}, status=404)
+    if isinstance(exc, QueueUnavailable):
+        return Response({"detail": str(exc), "job": exc.job.pk}, status=503, headers={"Retry-After": "30"})
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, list):
         response.data = {"non_field_errors": response.data}

@@ -43,7 +43,13 @@ from panel.jobs.api.views import busy_response
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
 
-STARTED_RESPONSES = {202: DeploymentStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer}
+# 503: the broker could not take the job (it was ended at once, holding nothing); same body as a 409.
+STARTED_RESPONSES = {
+    202: DeploymentStartedSerializer,
+    400: DetailSerializer,
+    409: JobBusySerializer,
+    503: JobBusySerializer,
+}
 
 
 def started_response(deployment: Deployment, context: dict[str, Any]) -> Response:
@@ -84,7 +90,7 @@ class EnvironmentDeployActions(viewsets.GenericViewSet):  # type: ignore[type-ar
             trigger=Trigger.API,
         )
 
-    @extend_schema(request=None, responses={202: JobStartedSerializer, 409: JobBusySerializer})
+    @extend_schema(request=None, responses={202: JobStartedSerializer, 409: JobBusySerializer, 503: JobBusySerializer})
     @action(detail=True, methods=["post"])
     def check(self, request: Request, pk: str | None = None) -> Response:
         """Check what runs: containers, their images and Odoo's health. When it is a known deployment that answers,

@@ -89,7 +89,7 @@ class ServerViewSet(ScopedModelViewSet):
 
     @extend_schema(
         request=None,
-        responses={202: JobStartedSerializer, 409: JobBusySerializer},
+        responses={202: JobStartedSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
     )
     @action(detail=True, methods=["post"])
     def validate(self, request: Request, pk: str | None = None) -> Response:

@@ -56,7 +56,8 @@ class JobStartedSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 class JobBusySerializer(serializers.Serializer):  # type: ignore[type-arg]
     """409: another job holds the target (``job`` is its id, null when it ended meanwhile), or another conflict
-    with the target's state, in words only (``detail`` without ``job``)."""
+    with the target's state, in words only (``detail`` without ``job``). 503: the broker could not take the new
+    job ``job``, which was ended at once (it holds nothing)."""
 
     detail = serializers.CharField()
     job = serializers.IntegerField(allow_null=True, required=False)
