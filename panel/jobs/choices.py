@@ -29,6 +29,7 @@ class JobKind(models.TextChoices):
     COPY = "copy", "Copy production to staging"
     VERIFY = "verify", "Verify backup"
     CHECK = "check", "Check what runs"
+    PREPARE_SERVER = "prepare_server", "Prepare server"
 
 
 class LogStream(models.TextChoices):
