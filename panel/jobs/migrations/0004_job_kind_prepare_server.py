@@ -4,15 +4,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0003_alter_job_kind'),
+        ("jobs", "0003_alter_job_kind"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='job',
-            name='kind',
-            field=models.CharField(choices=[('validate_server', 'Validate server'), ('deploy', 'Deploy'), ('rollback', 'Roll back'), ('backup', 'Back up'), ('restore', 'Restore'), ('copy', 'Copy production to staging'), ('verify', 'Verify backup'), ('check', 'Check what runs'), ('prepare_server', 'Prepare server')], max_length=32),
+            model_name="job",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("validate_server", "Validate server"),
+                    ("deploy", "Deploy"),
+                    ("rollback", "Roll back"),
+                    ("backup", "Back up"),
+                    ("restore", "Restore"),
+                    ("copy", "Copy production to staging"),
+                    ("verify", "Verify backup"),
+                    ("check", "Check what runs"),
+                    ("prepare_server", "Prepare server"),
+                ],
+                max_length=32,
+            ),
         ),
     ]
