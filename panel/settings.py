@@ -211,6 +211,14 @@ DEPLOY_DB_WAIT_TIMEOUT = envfloat("DEPLOY_DB_WAIT_TIMEOUT", 120.0)
 # after the update restores it. The newest DEPLOY_DB_SNAPSHOT_KEEP dumps per environment stay on the server.
 DEPLOY_DB_SNAPSHOT = envchoice("DEPLOY_DB_SNAPSHOT", "production", ("production", "always", "never"))
 DEPLOY_DB_SNAPSHOT_KEEP = envint("DEPLOY_DB_SNAPSHOT_KEEP", 3, minimum=1)
+# After a successful deploy, the images of the newest DEPLOY_KEEP_IMAGES successful deployments of the environment
+# stay (rollback targets); older panel tags, dangling images and build cache unused for DEPLOY_BUILD_CACHE_KEEP_HOURS
+# go. A deploy refuses to build or dump with less than DEPLOY_MIN_FREE_DISK_MB free (0: no check).
+DEPLOY_KEEP_IMAGES = envint("DEPLOY_KEEP_IMAGES", 5, minimum=1)
+DEPLOY_BUILD_CACHE_KEEP_HOURS = envint("DEPLOY_BUILD_CACHE_KEEP_HOURS", 24, minimum=0)
+DEPLOY_MIN_FREE_DISK_MB = envint("DEPLOY_MIN_FREE_DISK_MB", 2048, minimum=0)
+# Longest apt-get update + install of Docker, the compose plugin and git by a Prepare server job asked to install.
+SERVER_PREPARE_INSTALL_TIMEOUT = envfloat("SERVER_PREPARE_INSTALL_TIMEOUT", 1800.0)
 
 # Jobs.
 JOB_HEARTBEAT_INTERVAL = envfloat("JOB_HEARTBEAT_INTERVAL", 5.0)
@@ -246,6 +254,12 @@ INVITATION_DAYS = envint("INVITATION_DAYS", 7, minimum=1)
 # Two-factor login: the name authenticator apps show, and how long the code step waits after the password.
 TWO_FACTOR_ISSUER = envstr("TWO_FACTOR_ISSUER", "Doodba Panel")
 TWO_FACTOR_LOGIN_SECONDS = envint("TWO_FACTOR_LOGIN_SECONDS", 300, minimum=30)
+
+# Domains and TLS: the ACME account of each server's proxy (a server's own fields override these), and the
+# Traefik image the proxy runs.
+ACME_DIRECTORY_URL = envstr("ACME_DIRECTORY_URL", "https://acme-v02.api.letsencrypt.org/directory")
+ACME_EMAIL = envstr("ACME_EMAIL", "")
+PROXY_TRAEFIK_IMAGE = envstr("PROXY_TRAEFIK_IMAGE", "traefik:v3.3")
 
 # The most items one API list page returns, whatever ?limit= asks for.
 API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 1000, minimum=1)

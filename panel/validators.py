@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import unicodedata
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
@@ -144,10 +145,109 @@ def validate_git_ref(value: str) -> None:
         )
 
 
-def validate_domain(value: str) -> None:
-    """A public domain name for an environment."""
-    if not HOSTNAME_RE.fullmatch(value) or "." not in value:
+# An environment's domains end up inside Traefik rules (``Host(`...`)``): only this shape gets there. RFC 1123
+# labels, lowercase ASCII (IDNs arrive here as punycode, ``normalize_domain``), at least two labels, a top-level
+# label that is not all digits (so no IP address), 253 characters at most. No wildcard: HTTP-01, the challenge the
+# proxy uses, cannot issue one.
+DOMAIN_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+MAX_ALIASES = 20
+MAX_ALLOWED_NETWORKS = 50
+
+
+def normalize_domain(value: object) -> str:
+    """A domain as the user typed it, in the form the panel stores: trimmed, lowercase, one trailing dot dropped,
+    an internationalized name converted to punycode (``bücher.example`` → ``xn--bcher-kva.example``).
+
+    Refuses (ValidationError) what cannot be converted; the result still goes through ``validate_domain``.
+    """
+    if not isinstance(value, str):
         _fail("Enter a domain name such as erp.example.com.")
+        return ""
+    text = value.strip().lower()
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1]
+    if text.isascii():
+        return text
+    if len(text) > 253 or any(char.isspace() or char in "`()|&!,;'\"\\/" for char in text):
+        _fail("Enter a domain name such as erp.example.com: letters, digits, dots and dashes only.")
+    try:
+        ascii_form = text.encode("idna").decode("ascii")
+        back = ascii_form.encode("ascii").decode("idna")
+    except UnicodeError:
+        _fail("This internationalized domain name cannot be converted to its ASCII (punycode) form.")
+        return ""
+    if back != unicodedata.normalize("NFC", text):
+        # The conversion dropped or mapped characters (invisible ones, 'ß'): what is served must be what was typed.
+        _fail(f"This domain name has characters that do not survive conversion to punycode (it would become {back}).")
+    return ascii_form
+
+
+def validate_domain(value: str) -> None:
+    """A public domain name for an environment (main domain or alias): lowercase ASCII hostname, RFC 1123."""
+    if not isinstance(value, str) or not value:
+        _fail("Enter a domain name such as erp.example.com.")
+    if value.startswith("*."):
+        _fail("Wildcard domains are not supported: the proxy's certificates (ACME HTTP-01) cannot cover them.")
+    if len(value) > 253:
+        _fail("A domain name can have at most 253 characters.")
+    if not value.isascii() or value != value.lower():
+        _fail("Enter the domain name in lowercase ASCII (internationalized names in their xn-- punycode form).")
+    labels = value.split(".")
+    if len(labels) < 2:
+        _fail("Enter a full domain name such as erp.example.com.")
+    for label in labels:
+        if not DOMAIN_LABEL_RE.fullmatch(label):
+            _fail(
+                f"{label[:63]!r} is not a valid part of a domain name: 1-63 letters, digits or dashes, "
+                "not starting or ending with a dash."
+            )
+    if labels[-1].isdigit():
+        _fail("Enter a domain name, not an IP address.")
+
+
+def validate_domain_list(value: object) -> None:
+    """An environment's aliases: a list of at most ``MAX_ALIASES`` distinct domain names."""
+    if not isinstance(value, list):
+        _fail("Enter a list of domain names.")
+        return
+    if len(value) > MAX_ALIASES:
+        _fail(f"Enter at most {MAX_ALIASES} aliases.")
+    for item in value:
+        if not isinstance(item, str):
+            _fail("Each alias must be a domain name.")
+        try:
+            validate_domain(item)
+        except ValidationError as exc:
+            _fail(f"{printable(item[:80])!r}: {' '.join(exc.messages)}")
+    if len(set(value)) != len(value):
+        _fail("An alias is listed twice.")
+
+
+def normalize_network(value: object) -> str:
+    """A CIDR (or a single address) as stored: ``ipaddress``'s canonical form, host bits refused."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
+        _fail("Enter a network such as 203.0.113.0/24 or 2001:db8::/32, or a single address.")
+        return ""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError:
+        _fail(
+            f"{printable(value[:64])!r} is not a network such as 203.0.113.0/24 or 2001:db8::/32 "
+            "(with no bits set after the prefix), or a single address."
+        )
+        return ""
+
+
+def validate_network_list(value: object) -> None:
+    """An IP allow-list: at most ``MAX_ALLOWED_NETWORKS`` networks, each already in canonical form."""
+    if not isinstance(value, list):
+        _fail("Enter a list of networks.")
+        return
+    if len(value) > MAX_ALLOWED_NETWORKS:
+        _fail(f"Enter at most {MAX_ALLOWED_NETWORKS} networks.")
+    for item in value:
+        if normalize_network(item) != item:
+            _fail(f"{printable(str(item)[:64])!r} is not in canonical form; write it as {normalize_network(item)}.")
 
 
 def validate_env_name(value: str) -> None:

@@ -12,7 +12,17 @@ from panel.accounts.models import Organization
 from panel.inventory.models import Environment, Project, Server
 from panel.remote import RemoteError
 from panel.remote.ssh import load_private_key
-from panel.validators import validate_compose_file, validate_env_name, validate_env_value, validate_name
+from panel.validators import (
+    MAX_ALIASES,
+    MAX_ALLOWED_NETWORKS,
+    normalize_domain,
+    normalize_network,
+    validate_compose_file,
+    validate_domain_list,
+    validate_env_name,
+    validate_env_value,
+    validate_name,
+)
 
 MAX_LABELS = 20
 
@@ -77,6 +87,34 @@ def parse_labels(text: str) -> list[str]:
     return list(dict.fromkeys(labels))
 
 
+def split_items(text: str) -> list[str]:
+    """Items of a list typed one a line or comma-separated."""
+    return [item.strip() for line in text.replace("\r\n", "\n").split("\n") for item in line.split(",") if item.strip()]
+
+
+def parse_domains(text: str, *, limit: int = MAX_ALIASES) -> list[str]:
+    """Aliases as typed: normalized (``normalize_domain``); the model's validators check each one."""
+    items = split_items(text)
+    if len(items) > limit:
+        raise ValidationError(f"Enter at most {limit} aliases.")
+    domains = []
+    for item in items:
+        try:
+            domains.append(normalize_domain(item))
+        except ValidationError as exc:
+            raise ValidationError(f"{item[:80]!r}: {' '.join(exc.messages)}") from exc
+    validate_domain_list(domains)
+    return domains
+
+
+def parse_networks(text: str) -> list[str]:
+    """An IP allow-list as typed, in canonical CIDR form."""
+    items = split_items(text)
+    if len(items) > MAX_ALLOWED_NETWORKS:
+        raise ValidationError(f"Enter at most {MAX_ALLOWED_NETWORKS} networks.")
+    return [normalize_network(item) for item in items]
+
+
 class ServerCreateForm(forms.ModelForm):
     """Register a server; the host key is read on submit and must be confirmed on the next page."""
 
@@ -116,11 +154,35 @@ class ServerEditForm(forms.ModelForm):
 
     class Meta:
         model = Server
-        fields = ["name", "port", "username"]
+        fields = [
+            "name",
+            "port",
+            "username",
+            "proxy_bind_address",
+            "proxy_http_port",
+            "proxy_https_port",
+            "acme_email",
+            "acme_directory_url",
+        ]
+        labels = {
+            "proxy_bind_address": "Proxy address",
+            "proxy_http_port": "Proxy HTTP port",
+            "proxy_https_port": "Proxy HTTPS port",
+            "acme_email": "ACME e-mail",
+            "acme_directory_url": "ACME directory URL",
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["labels_text"].initial = ", ".join(self.instance.labels or [])
+        for name in ("proxy_http_port", "proxy_https_port"):
+            self.fields[name].required = False  # left out: kept as they are
+
+    def clean_proxy_http_port(self) -> int:
+        return self.cleaned_data["proxy_http_port"] or self.instance.proxy_http_port
+
+    def clean_proxy_https_port(self) -> int:
+        return self.cleaned_data["proxy_https_port"] or self.instance.proxy_https_port
 
     def clean_labels_text(self) -> list[str]:
         return parse_labels(self.cleaned_data["labels_text"])
@@ -188,6 +250,18 @@ class EnvironmentForm(forms.ModelForm):
         help_text="One NAME=value per line. Stored encrypted and never shown again.",
     )
     clear_secrets = forms.BooleanField(label="Remove all stored secrets", required=False)
+    aliases_text = forms.CharField(
+        label="Aliases",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        help_text="More domain names, one a line; they redirect to the main domain.",
+    )
+    ip_allowlist_text = forms.CharField(
+        label="IP allow-list",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        help_text="Networks such as 203.0.113.0/24, one a line; only they reach the site. Staging and test only.",
+    )
 
     class Meta:
         model = Environment
@@ -229,6 +303,8 @@ class EnvironmentForm(forms.ModelForm):
             del self.fields["server"]
             self.fields["compose_files_text"].initial = ", ".join(self.instance.compose_files)
             self.fields["env_vars_text"].initial = format_variables(self.instance.env_vars)
+            self.fields["aliases_text"].initial = "\n".join(self.instance.aliases or [])
+            self.fields["ip_allowlist_text"].initial = "\n".join(self.instance.ip_allowlist or [])
             names = sorted(self.instance.get_secrets())
             if names:
                 self.fields[
@@ -255,6 +331,31 @@ class EnvironmentForm(forms.ModelForm):
                 raise ValidationError(f"{name[:40]!r}: {' '.join(exc.messages)}") from exc
         return files
 
+    def clean_domain(self) -> str:
+        return normalize_domain(self.cleaned_data["domain"]) if self.cleaned_data["domain"] else ""
+
+    def clean_aliases_text(self) -> list[str]:
+        return parse_domains(self.cleaned_data["aliases_text"])
+
+    def clean_ip_allowlist_text(self) -> list[str]:
+        return parse_networks(self.cleaned_data["ip_allowlist_text"])
+
+    def _post_clean(self) -> None:
+        # The model's clean() (aliases need a domain, no allow-list on production) sees the parsed lists.
+        if "aliases_text" in self.cleaned_data:
+            self.instance.aliases = self.cleaned_data["aliases_text"]
+        if "ip_allowlist_text" in self.cleaned_data:
+            self.instance.ip_allowlist = self.cleaned_data["ip_allowlist_text"]
+        super()._post_clean()  # type: ignore[misc]
+
+    def _update_errors(self, errors: ValidationError) -> None:
+        # Model errors on the list fields belong to their text inputs.
+        if hasattr(errors, "error_dict"):
+            for name in ("aliases", "ip_allowlist"):
+                if name in errors.error_dict:
+                    errors.error_dict[f"{name}_text"] = errors.error_dict.pop(name)
+        super()._update_errors(errors)  # type: ignore[misc]
+
     def clean_env_vars_text(self) -> dict[str, str]:
         return parse_variables(self.cleaned_data["env_vars_text"], "Environment variables")
 
@@ -273,6 +374,8 @@ class EnvironmentForm(forms.ModelForm):
         fields = {name: self.cleaned_data[name] for name in self._meta.fields or [] if name in self.cleaned_data}
         fields["compose_files"] = self.cleaned_data["compose_files_text"]
         fields["env_vars"] = self.cleaned_data["env_vars_text"]
+        fields["aliases"] = self.cleaned_data["aliases_text"]
+        fields["ip_allowlist"] = self.cleaned_data["ip_allowlist_text"]
         return fields
 
     def save(self, commit: bool = True) -> Environment:

@@ -7,7 +7,8 @@ import secrets
 from typing import Any
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator, URLValidator
 from django.db import models
 from django.utils import timezone
 
@@ -17,12 +18,14 @@ from panel.inventory.choices import ODOO_VERSIONS, EnvironmentKind, ServerStatus
 from panel.validators import (
     validate_compose_files,
     validate_domain,
+    validate_domain_list,
     validate_env_mapping,
     validate_git_ref,
     validate_git_url,
     validate_host,
     validate_known_hosts,
     validate_name,
+    validate_network_list,
     validate_port,
     validate_slug,
     validate_unix_user,
@@ -69,6 +72,23 @@ class Server(models.Model):
     disk_free_bytes = models.BigIntegerField(null=True, blank=True)
     docker_access = models.BooleanField(null=True, blank=True)
     labels = models.JSONField(default=list, blank=True)
+    # The panel-managed inverse proxy (Traefik, ``panel.inventory.proxy``): where it listens and its ACME account.
+    proxy_bind_address = models.GenericIPAddressField(
+        null=True,
+        blank=True,
+        help_text="Address the proxy's ports are published on; blank for all addresses (a real server).",
+    )
+    proxy_http_port = models.PositiveIntegerField(default=80, validators=[validate_port])
+    proxy_https_port = models.PositiveIntegerField(default=443, validators=[validate_port])
+    acme_email = models.EmailField(
+        max_length=254, blank=True, help_text="E-mail of the ACME account (expiry notices); blank for ACME_EMAIL."
+    )
+    acme_directory_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[URLValidator(schemes=["https"])],
+        help_text="ACME directory the proxy asks for certificates; blank for ACME_DIRECTORY_URL (Let's Encrypt).",
+    )
     last_validated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -129,6 +149,18 @@ class Environment(models.Model):
     compose_project = models.CharField(max_length=63, validators=[validate_slug])
     git_ref = models.CharField(max_length=200, default="main", validators=[validate_git_ref])
     domain = models.CharField(max_length=253, blank=True, validators=[validate_domain])
+    aliases = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_domain_list],
+        help_text="More domain names; the proxy redirects them to the main domain.",
+    )
+    ip_allowlist = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_network_list],
+        help_text="Networks (CIDR) allowed through the proxy; empty for everyone. Not for production.",
+    )
     env_vars = models.JSONField(default=dict, blank=True, validators=[validate_env_mapping])
     secrets = EncryptedTextField(blank=True, help_text="JSON mapping of secret variables, encrypted at rest.")
     workers = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(64)])
@@ -168,6 +200,35 @@ class Environment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project.name} / {self.name}"
+
+    def clean(self) -> None:
+        """Aliases need a main domain and differ from it; an allow-list is for non-production environments; no
+        domain is routed twice by one server's proxy."""
+        errors: dict[str, str] = {}
+        aliases = self.aliases if isinstance(self.aliases, list) else []
+        if aliases and not self.domain:
+            errors["aliases"] = "Set a main domain first: aliases redirect to it."
+        elif self.domain and self.domain in aliases:
+            errors["aliases"] = "An alias cannot be the main domain itself."
+        if self.ip_allowlist and self.kind == EnvironmentKind.PRODUCTION:
+            # A production site is public; an allow-list there would lock customers out by a typo.
+            errors["ip_allowlist"] = "An IP allow-list is for staging, test and development, not for production."
+        names = {self.domain, *aliases} - {""}
+        if names and self.server_id and not errors:
+            others = Environment.objects.filter(server_id=self.server_id).exclude(pk=self.pk)
+            for other in others.only("id", "domain", "aliases", "name", "project__name").select_related("project"):
+                taken = names & {other.domain, *(other.aliases or [])}
+                if taken:
+                    errors["domain" if self.domain in taken else "aliases"] = (
+                        f"{sorted(taken)[0]} is already served by {other} on this server."
+                    )
+                    break
+        if errors:
+            raise ValidationError(errors)
+
+    def all_domains(self) -> list[str]:
+        """The main domain, then the aliases."""
+        return [self.domain, *self.aliases] if self.domain else []
 
     def get_secrets(self) -> dict[str, str]:
         """The decrypted secret variables."""

@@ -31,7 +31,17 @@ from panel.inventory.choices import EnvironmentState
 from panel.inventory.models import Environment, Project, Server
 from panel.remote import RemoteError
 from panel.remote.ssh import public_line_of
-from panel.validators import validate_env_name, validate_env_value, validate_name
+from panel.validators import (
+    MAX_ALIASES,
+    MAX_ALLOWED_NETWORKS,
+    normalize_domain,
+    normalize_network,
+    validate_domain,
+    validate_domain_list,
+    validate_env_name,
+    validate_env_value,
+    validate_name,
+)
 
 MAX_KEY_CHARS = 16_384
 MAX_KNOWN_HOSTS_CHARS = 65_536
@@ -97,6 +107,10 @@ SERVER_READ_ONLY_FIELDS = [
 ]
 
 
+# The server's inverse proxy (panel.inventory.proxy): where it listens and its ACME account.
+PROXY_FIELDS = ["proxy_bind_address", "proxy_http_port", "proxy_https_port", "acme_email", "acme_directory_url"]
+
+
 class ServerSerializer(PanelModelSerializer):
     """A Docker host. ``host`` and ``port`` are fixed once created (the pinned host key belongs to them)."""
 
@@ -119,6 +133,7 @@ class ServerSerializer(PanelModelSerializer):
             "username",
             "labels",
             "private_key",
+            *PROXY_FIELDS,
             *SERVER_READ_ONLY_FIELDS,
         ]
         read_only_fields = SERVER_READ_ONLY_FIELDS
@@ -136,10 +151,15 @@ class ServerSerializer(PanelModelSerializer):
 
     def create(self, validated_data: dict[str, Any]) -> Server:
         validated_data.setdefault("port", Server._meta.get_field("port").default)
+        proxy = {name: validated_data.pop(name) for name in PROXY_FIELDS if name in validated_data}
         try:
-            return services.create_server(actor=request_user(self), **validated_data)
+            server = services.create_server(actor=request_user(self), **validated_data)
         except DjangoValidationError as exc:
             raise api_validation_error(exc) from exc
+        if proxy:  # validated above with the whole candidate
+            Server.objects.filter(pk=server.pk).update(**proxy)
+            server.refresh_from_db()
+        return server
 
     def update(self, instance: Server, validated_data: dict[str, Any]) -> Server:
         private_key = validated_data.pop("private_key", "")
@@ -259,6 +279,39 @@ class SecretsField(serializers.DictField):  # type: ignore[type-arg]
         return value
 
 
+class DomainField(serializers.CharField):
+    """A domain name: trimmed, lowercased and IDN-to-punycode (``normalize_domain``) before the validators run."""
+
+    def to_internal_value(self, data: Any) -> str:
+        text = super().to_internal_value(data)
+        if not text:
+            return ""
+        try:
+            domain = normalize_domain(text)
+            validate_domain(domain)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+        return domain
+
+
+class NetworkField(serializers.CharField):
+    """A network (CIDR) or single address, stored in canonical form."""
+
+    def to_internal_value(self, data: Any) -> str:
+        try:
+            return normalize_network(super().to_internal_value(data))
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+
+
+def check_aliases(value: list[str]) -> None:
+    """Distinct aliases (each already a valid domain)."""
+    try:
+        validate_domain_list(value)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.messages) from exc
+
+
 class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
     """An environment. Staff see everything but secret values; customers see ``customer_fields`` only.
 
@@ -276,6 +329,22 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
     state = serializers.SerializerMethodField()
     state_detail = serializers.SerializerMethodField()
     webhook_url = serializers.SerializerMethodField()
+    domain = DomainField(
+        max_length=300, required=False, allow_blank=True, help_text="Main domain name; IDNs are stored as punycode."
+    )
+    aliases = serializers.ListField(
+        child=DomainField(max_length=300),
+        max_length=MAX_ALIASES,
+        required=False,
+        validators=[check_aliases],
+        help_text="More domain names, redirected to the main domain.",
+    )
+    ip_allowlist = serializers.ListField(
+        child=NetworkField(max_length=64),
+        max_length=MAX_ALLOWED_NETWORKS,
+        required=False,
+        help_text="Networks (CIDR) allowed through the proxy; empty for everyone. Refused on production.",
+    )
 
     class Meta:
         model = Environment
@@ -289,6 +358,8 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
             "compose_project",
             "git_ref",
             "domain",
+            "aliases",
+            "ip_allowlist",
             "env_vars",
             "secrets",
             "secret_names",
