@@ -25,6 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from deployments.traefik import add_traefik
 from panel.inventory.models import Environment, Project
 from panel.inventory.services import environment_directory
 from panel.jobs.runner import JobContext, JobFailed
@@ -205,7 +206,9 @@ def render_override(
             rendered["odoo"]["mem_limit"] = environment.memory_limit.lower()
         if environment.domain:
             rendered["odoo"]["labels"]["doodba.domain.main"] = environment.domain
-    return {"services": rendered}
+    document: dict[str, Any] = {"services": rendered}
+    add_traefik(document, environment)
+    return document
 
 
 @dataclass
