@@ -42,6 +42,12 @@ class Deployment(models.Model):
     db_snapshot = models.JSONField(
         default=dict, blank=True, help_text="The database dump taken on the server before the update (path, bytes)."
     )
+    images_pruned_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a later deploy removed this deployment's image tags from the server (DEPLOY_KEEP_IMAGES): it "
+        "can no longer be rolled back to.",
+    )
     triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.BUTTON)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -118,10 +118,31 @@ DB_NOT_READY = (
     "no such file or directory",
     "timeout expired",
 )
+# Free space of each path (its nearest existing directory: a first deploy's directory does not exist yet) as
+# "available-blocks block-size path" lines, in the order given; Docker's data root, asked of Docker, comes last (left
+# out when Docker does not answer: the steps that need Docker say why).
+DISK_SCRIPT = (
+    'r=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null) || r=; '
+    'for p in "$@" ${r:+"$r"}; do q=$p; while [ ! -e "$q" ]; do q=$(dirname -- "$q"); done; '
+    'echo "$(stat -f -c "%a %S" -- "$q") $p"; done'
+)
+# Every tag of the given repositories, one "repository:tag" line each.
+TAGS_SCRIPT = 'for r in "$@"; do docker image ls --format "{{.Repository}}:{{.Tag}}" -- "$r" || exit 1; done'
+# The tags the panel makes on its images: per deployment (pinned_image_ref) and per commit (image_ref).
+PANEL_TAG_RE = re.compile(r"panel-[0-9]+|[0-9a-f]{12}")
 
 
 class StepFailed(JobFailed):
     """A pipeline step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    """Free space of one path on the server, as an unprivileged user may use it."""
+
+    path: str
+    what: str
+    free_mb: int
 
 
 def secret_file_for(name: str) -> str:
@@ -177,6 +198,12 @@ def image_ref(environment: Environment, service: str, commit: str) -> str:
 def pinned_image_ref(environment: Environment, service: str, deployment_id: int) -> str:
     """A second tag per deployment, never moved, so a rollback starts exactly the image that deployment ran."""
     return f"{environment.compose_project}-{service}:panel-{deployment_id}"
+
+
+def panel_made_tag(environment: Environment, ref: str) -> bool:
+    """Whether ``ref`` is a tag the panel made on an image of this environment (``image_ref``, ``pinned_image_ref``)."""
+    repository, _, tag = ref.rpartition(":")
+    return repository.startswith(f"{environment.compose_project}-") and bool(PANEL_TAG_RE.fullmatch(tag))
 
 
 def render_override(
@@ -526,6 +553,98 @@ class Pipeline:
                 self.context.write(f"Waiting for Odoo to become healthy: {problem}")
                 next_report = time.monotonic() + 10
             time.sleep(settings.DEPLOY_HEALTH_INTERVAL)
+
+    # -- disk space and image clean-up ---------------------------------------------------------------
+
+    def free_disk(self) -> list[DiskSpace]:
+        """Free space (for an unprivileged user) of the deploy directory and of Docker's data root, in one round trip.
+
+        Docker's data root is missing from the answer when Docker does not answer.
+        """
+        result = self.capture(["sh", "-c", DISK_SCRIPT, "sh", self.root], timeout=60)
+        found: list[DiskSpace] = []
+        for line in result.stdout.splitlines():
+            blocks, size, path = [*line.split(" ", 2), "", ""][:3]
+            if blocks.isdigit() and size.isdigit() and path:
+                what = "the deploy directory" if path == self.root else "Docker's data root"
+                shown = f"~/{path}" if path == self.root else path
+                found.append(DiskSpace(shown, what, int(blocks) * int(size) // 2**20))
+        if not found or found[0].what != "the deploy directory":
+            raise StepFailed(f"Could not measure the free disk on the server: {result.stderr.strip()[-300:]}")
+        return found
+
+    def require_free_disk(self, *, dump_bytes: int = 0, docker: bool = True) -> None:
+        """Refuse when a path the next steps write to has less free space than ``DEPLOY_MIN_FREE_DISK_MB``.
+
+        ``dump_bytes``: a database dump about to be written in the deploy directory (as large as the last one), on
+        top of the threshold. ``docker``: Docker's data root counts too (images are built there). A threshold of 0
+        turns the check off.
+        """
+        minimum = settings.DEPLOY_MIN_FREE_DISK_MB
+        if minimum <= 0:
+            return
+        dump_mb = -(-dump_bytes // 2**20)
+        spaces = [space for space in self.free_disk() if docker or space.what == "the deploy directory"]
+        short: list[str] = []
+        for space in spaces:
+            needed, why = minimum, "DEPLOY_MIN_FREE_DISK_MB"
+            if dump_mb and space.what == "the deploy directory":
+                needed += dump_mb
+                why = f"DEPLOY_MIN_FREE_DISK_MB {minimum} MB + {dump_mb} MB for the database dump, as large as the last one"
+            if space.free_mb < needed:
+                short.append(f"{space.path} ({space.what}) has {space.free_mb} MB free, {needed} MB needed ({why})")
+        if short:
+            raise StepFailed(
+                f"Not enough free disk on the server: {'; '.join(short)}. Free some space there (docker system df "
+                "shows what Docker keeps) or lower DEPLOY_MIN_FREE_DISK_MB."
+            )
+        if docker and len(spaces) == 1:
+            self.context.write("Docker did not say where it keeps its data: its free disk is not checked.")
+        listing = ", ".join(f"{space.path} ({space.what}) {space.free_mb} MB" for space in spaces)
+        self.context.write(f"Free disk: {listing}; at least {minimum + dump_mb} MB needed.")
+
+    def image_tags(self, repositories: Sequence[str]) -> set[str]:
+        """Every tag (``repository:tag``) of these image repositories on the server."""
+        if not repositories:
+            return set()
+        result = self.capture(["sh", "-c", TAGS_SCRIPT, "sh", *repositories], timeout=120)
+        if not result.ok:
+            raise StepFailed(f"Could not list the images: {result.stderr.strip()[-300:]}")
+        return {line.strip() for line in result.stdout.splitlines() if line.strip() and "<none>" not in line}
+
+    def remove_image_tags(self, tags: Sequence[str]) -> None:
+        """``docker image rm`` each tag, never forced: an image that another tag still names is only untagged, and
+        one a container still uses stays (the log says which)."""
+        if not tags:
+            self.context.write("No older image tags to remove.")
+            return
+        result = self.capture(["docker", "image", "rm", "--", *tags], timeout=600)
+        lines = result.stdout.splitlines()
+        untagged = sum(line.startswith("Untagged:") for line in lines)
+        deleted = sum(line.startswith("Deleted:") for line in lines)
+        self.context.write(f"Removed {untagged} older image tags; {deleted} image layers were deleted with them.")
+        for line in result.stderr.strip().splitlines()[-20:]:
+            self.context.write(f"Kept: {line.strip()}")
+
+    def prune_dangling(self) -> None:
+        """Remove dangling images and dangling build cache, host-wide.
+
+        Only ones older than the longest build (``DEPLOY_BUILD_TIMEOUT``): a build running now for another
+        environment keeps its untagged intermediate images. Build cache unused for less than
+        ``DEPLOY_BUILD_CACHE_KEEP_HOURS`` stays, so rebuilding a recent commit is quick.
+        """
+        until = f"until={int(settings.DEPLOY_BUILD_TIMEOUT)}s"
+        cache = f"until={settings.DEPLOY_BUILD_CACHE_KEEP_HOURS}h"
+        for argv, what in (
+            (["docker", "image", "prune", "-f", "--filter", until], "dangling images"),
+            (["docker", "builder", "prune", "-f", "--filter", cache], "dangling build cache"),
+        ):
+            result = self.capture(argv, timeout=600)
+            if result.ok:
+                total = result.stdout.strip().splitlines()[-1:] or ["nothing reclaimed"]
+                self.context.write(f"Pruned {what}: {total[0]}")
+            else:
+                self.context.write(f"Could not prune {what}: {result.stderr.strip()[-300:]}")
 
 
 __all__ = ["OVERRIDE_FILE", "Pipeline", "RemoteError", "StepFailed", "render_override", "secret_file_for"]

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from deployments.choices import DeploymentKind, DeploymentStatus, Trigger
 from deployments.models import Deployment
-from deployments.pipeline import Pipeline, StepFailed, render_override
+from deployments.pipeline import Pipeline, StepFailed, image_ref, panel_made_tag, render_override
 from monitoring.models import Event
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
@@ -30,6 +30,8 @@ from panel.remote import RemoteError
 from panel.validators import validate_git_ref
 
 GENERATED_SECRETS = ("ADMIN_PASSWORD", "PGPASSWORD")
+DISK_STEP = "Check free disk"
+CLEAN_UP_STEP = "Clean up images"
 
 
 def lock_key(environment: Environment) -> str:
@@ -123,6 +125,8 @@ def start_rollback(*, deployment: Deployment, actor: Any) -> Deployment:
     """Put an earlier successful deployment back in place: same commit, same images, its configuration."""
     if deployment.status != DeploymentStatus.SUCCEEDED or not deployment.commit:
         raise JobFailed("Only a successful deployment can be rolled back to.")
+    if deployment.images_pruned_at is not None:
+        raise JobFailed(images_pruned_reason(deployment))
     return _start(
         environment=deployment.environment, actor=actor, kind=DeploymentKind.ROLLBACK, ref=deployment.commit,
         trigger=Trigger.ROLLBACK, source=deployment,
@@ -193,6 +197,85 @@ def _event(deployment: Deployment, kind: str, severity: str, message: str) -> No
     )
 
 
+def images_pruned_reason(deployment: Deployment) -> str:
+    """Why a deployment whose images were removed cannot be rolled back to, and what to do instead."""
+    assert deployment.images_pruned_at is not None
+    return (
+        f"The images of deployment #{deployment.pk} were removed from the server on "
+        f"{deployment.images_pruned_at:%Y-%m-%d %H:%M} UTC to free disk (DEPLOY_KEEP_IMAGES keeps those of the newest "
+        f"{settings.DEPLOY_KEEP_IMAGES} successful deployments): deploy its commit {deployment.short_commit} again "
+        "instead."
+    )
+
+
+def panel_image_tags(deployment: Deployment) -> set[str]:
+    """The tags the panel made that a deployment's images need: its pinned tags and its commit's tags.
+
+    A rollback's images are its source's, so both name the same tags.
+    """
+    environment = deployment.environment
+    tags: set[str] = set()
+    for service, image in (deployment.images or {}).items():
+        ref = str(image.get("ref", "")) if isinstance(image, dict) else ""
+        if ref.startswith(f"{environment.compose_project}-{service}:panel-") and panel_made_tag(environment, ref):
+            tags.add(ref)
+            if deployment.commit:
+                tags.add(image_ref(environment, service, deployment.commit))
+    return tags
+
+
+def image_retention(environment: Environment) -> tuple[list[Deployment], list[Deployment]]:
+    """Whose images stay on the server: (kept deployments, every deployment of the environment).
+
+    Kept: the one running now, and those of the newest ``DEPLOY_KEEP_IMAGES`` successful deployments or rollbacks
+    counted by the images they put in place (a rollback uses its source's images again, so it makes them recent).
+    Deployments whose images are already gone do not count.
+    """
+    deployments = list(
+        Deployment.objects.filter(environment=environment).select_related("environment").order_by("-created_at", "-id")
+    )
+    current_id = Environment.objects.filter(pk=environment.pk).values_list("current_deployment", flat=True).first()
+    kept: list[Deployment] = [deployment for deployment in deployments if deployment.pk == current_id]
+    seen = {frozenset(panel_image_tags(deployment)) for deployment in kept} - {frozenset()}
+    for deployment in deployments:
+        if len(seen) >= settings.DEPLOY_KEEP_IMAGES:
+            break
+        needs = frozenset(panel_image_tags(deployment))
+        usable = deployment.status == DeploymentStatus.SUCCEEDED and deployment.images_pruned_at is None
+        if usable and deployment.commit and needs and needs not in seen:
+            seen.add(needs)
+            kept.append(deployment)
+    return kept, deployments
+
+
+def _clean_up_images(pipeline: Pipeline, context: JobContext) -> None:
+    """After a successful deploy: remove the panel's tags of images no kept deployment needs (``image_retention``),
+    then dangling images and build cache; record on each deployment whose images are gone that they are.
+
+    The deploy has succeeded by now: a failure here is logged, and the next successful deploy tries again.
+    """
+    environment = pipeline.environment
+    try:
+        with context.step(CLEAN_UP_STEP, cancelable=False):
+            kept, deployments = image_retention(environment)
+            keep = set().union(*(panel_image_tags(deployment) for deployment in kept))
+            repositories = sorted({tag.rpartition(":")[0] for d in deployments for tag in panel_image_tags(d)})
+            present = pipeline.image_tags(repositories)
+            pipeline.remove_image_tags(sorted(t for t in present if panel_made_tag(environment, t) and t not in keep))
+            remaining = pipeline.image_tags(repositories)
+            gone = [d for d in deployments if d.images_pruned_at is None and not panel_image_tags(d) <= remaining]
+            Deployment.objects.filter(pk__in=[d.pk for d in gone]).update(images_pruned_at=timezone.now())
+            context.write(
+                f"Kept the images of deployments {', '.join(f'#{d.pk}' for d in kept) or 'none'} "
+                f"(DEPLOY_KEEP_IMAGES={settings.DEPLOY_KEEP_IMAGES})"
+                + (f"; deployments {', '.join(f'#{d.pk}' for d in gone)} can no longer be rolled back to." if gone
+                   else ".")
+            )  # fmt: skip
+            pipeline.prune_dangling()
+    except (JobFailed, RemoteError) as exc:
+        context.write(f"Cleaning up images failed: {exc} The deployment is not affected; the next one tries again.")
+
+
 def _put_in_place(
     pipeline: Pipeline,
     context: JobContext,
@@ -237,8 +320,23 @@ def wants_db_snapshot(environment: Environment) -> bool:
     return policy == "always" or (policy == "production" and environment.kind == EnvironmentKind.PRODUCTION)
 
 
+def _last_dump_bytes(environment: Environment) -> int:
+    """The size of the environment's newest database dump (the next one is about as large), 0 if none."""
+    snapshot = (
+        Deployment.objects.filter(environment=environment, db_snapshot__has_key="bytes")
+        .order_by("-created_at", "-id")
+        .values_list("db_snapshot", flat=True)
+        .first()
+    )
+    return int(snapshot["bytes"]) if isinstance(snapshot, dict) and str(snapshot.get("bytes")).isdigit() else 0
+
+
 def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment, first_deploy: bool) -> None:
     environment = pipeline.environment
+    snapshot = not first_deploy and wants_db_snapshot(environment)
+    with context.step(DISK_STEP):
+        # Before anything is fetched or built: a refusal here leaves the server as it was.
+        pipeline.require_free_disk(dump_bytes=_last_dump_bytes(environment) if snapshot else 0)
     with context.step("Fetch code"):
         commit = pipeline.fetch(environment.project, deployment.ref)
         deployment.commit = commit
@@ -258,8 +356,10 @@ def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment,
         pipeline.build()
         deployment.images = pipeline.pin_images(built, override, images)
         deployment.save(update_fields=["images"])
-    if not first_deploy and wants_db_snapshot(environment):
+    if snapshot:
         with context.step("Snapshot database"):
+            # Checked again: the build may have taken what was free before it.
+            pipeline.require_free_disk(dump_bytes=_last_dump_bytes(environment), docker=False)
             deployment.db_snapshot = pipeline.snapshot_database()
             deployment.save(update_fields=["db_snapshot"])
     with context.step("Update database"):
@@ -308,6 +408,8 @@ def run_deployment(context: JobContext) -> dict[str, Any]:
     finish_changing(environment=environment, job=context.job, proven=True)
     _event(deployment, "deploy.succeeded", Event.Severity.INFO,
            f"{environment}: deployment #{deployment.pk} of {deployment.short_commit} succeeded.")  # fmt: skip
+    if deployment.kind != DeploymentKind.ROLLBACK:
+        _clean_up_images(pipeline, context)
     return {"deployment": deployment.pk, "commit": deployment.commit}
 
 
@@ -320,8 +422,8 @@ def _recover(
     what = "Canceled." if canceled else (f"Step “{failed_step}” failed: {exc}" if failed_step else str(exc))
     environment = deployment.environment
     deployment.finished_at = timezone.now()
-    if not deployment.commit and len(context.steps) <= 1:
-        # Nothing changed on the server yet (the fetch itself failed, or canceled before it).
+    if not deployment.commit and len([step for step in context.steps if step["name"] != DISK_STEP]) <= 1:
+        # Nothing changed on the server yet (too little free disk, the fetch itself failed, or canceled before it).
         deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED_NO_ROLLBACK
         deployment.save(update_fields=["status", "finished_at"])
         finish_changing(environment=environment, job=context.job, proven=False)

@@ -79,8 +79,11 @@ def promotion_source(environment: Environment) -> Deployment | None:
 
 
 def is_rollback_target(deployment: Deployment, current: Deployment | None) -> bool:
-    """A successful deployment other than the one serving now can be put back in place."""
+    """A successful deployment other than the one serving now, whose images are still on the server, can be put
+    back in place."""
     if deployment.status != DeploymentStatus.SUCCEEDED or not deployment.commit:
+        return False
+    if deployment.images_pruned_at is not None:
         return False
     if current is None:
         return True
@@ -106,6 +109,8 @@ def environment_context(
             "deployment": deployment,
             "status": status_badge(deployment),
             "may_roll_back": may_change and running is None and is_rollback_target(deployment, current),
+            # A successful deployment that is no rollback target because its images were removed says so.
+            "images_pruned": deployment.status == DeploymentStatus.SUCCEEDED and bool(deployment.images_pruned_at),
             "is_current": current is not None and deployment.pk == current.pk,
         }
         for deployment in deployments
@@ -200,6 +205,9 @@ def deployment_rollback(request: HttpRequest, deployment_id: int) -> HttpRespons
     if request.method == "POST":
         return _started(request, environment, lambda: services.start_rollback(deployment=target, actor=request.user))
     current = environment.current_deployment
+    if target.status == DeploymentStatus.SUCCEEDED and target.images_pruned_at is not None:
+        messages.error(request, services.images_pruned_reason(target))
+        return redirect("environment_detail", environment_id=environment.pk)
     if not is_rollback_target(target, current):
         messages.error(request, f"Deployment #{target.pk} cannot be rolled back to: pick an earlier successful one.")
         return redirect("environment_detail", environment_id=environment.pk)

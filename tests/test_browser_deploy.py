@@ -88,7 +88,7 @@ def test_it_deploys_from_the_environment_page_with_live_steps_and_log(
     arrivals = page.evaluate("window.__lineArrivals")
     assert arrivals and arrivals[0]["status"] not in TERMINAL, arrivals
     # Steps turned green one by one: some snapshot shows a succeeded step followed by a running one, while the job
-    # still ran; at the end all six are green.
+    # still ran; at the end all eight are green.
     snapshots = page.evaluate("window.__stepSnapshots")
     live = [s for s in snapshots if s["status"] not in TERMINAL]
     assert any(
@@ -99,7 +99,7 @@ def test_it_deploys_from_the_environment_page_with_live_steps_and_log(
     ), snapshots
     assert len({len(s["steps"]) for s in live}) >= 3, snapshots
     final = page.locator("[data-job-steps] [data-step-status]").evaluate_all("ns => ns.map(n => n.dataset.stepStatus)")
-    assert final == ["succeeded"] * 6, final
+    assert final == ["succeeded"] * 8, final
     assert deployment.commit in page.get_by_test_id("deployment-commit").inner_text()
     assert page.get_by_role("link", name="Download log").is_visible()
     assert page.get_by_role("button", name="Cancel").count() == 0

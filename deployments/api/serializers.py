@@ -73,6 +73,7 @@ class DeploymentSerializer(CustomerViewMixin, serializers.ModelSerializer):  # t
             "changes",
             "rollback",
             "db_snapshot",
+            "images_pruned_at",
             "trigger",
             "triggered_by",
             "created_at",
