@@ -260,6 +260,8 @@ TWO_FACTOR_LOGIN_SECONDS = envint("TWO_FACTOR_LOGIN_SECONDS", 300, minimum=30)
 ACME_DIRECTORY_URL = envstr("ACME_DIRECTORY_URL", "https://acme-v02.api.letsencrypt.org/directory")
 ACME_EMAIL = envstr("ACME_EMAIL", "")
 PROXY_TRAEFIK_IMAGE = envstr("PROXY_TRAEFIK_IMAGE", "traefik:v3.3")
+# How long an Install proxy job waits, in all, for Traefik to replace its placeholder certificates with issued ones.
+PROXY_CERTIFICATE_WAIT = envfloat("PROXY_CERTIFICATE_WAIT", 60.0)
 
 # The most items one API list page returns, whatever ?limit= asks for.
 API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 1000, minimum=1)

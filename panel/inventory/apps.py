@@ -10,4 +10,7 @@ class InventoryConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the job handlers of this app.
-        from panel.inventory import services  # noqa: F401
+        from panel.inventory import (
+            proxy,  # noqa: F401
+            services,  # noqa: F401
+        )

@@ -163,13 +163,16 @@ class ServerEditForm(forms.ModelForm):
             "proxy_https_port",
             "acme_email",
             "acme_directory_url",
+            "acme_ca_certificate",
         ]
+        widgets = {"acme_ca_certificate": forms.Textarea(attrs={"rows": 3, "spellcheck": "false"})}
         labels = {
             "proxy_bind_address": "Proxy address",
             "proxy_http_port": "Proxy HTTP port",
             "proxy_https_port": "Proxy HTTPS port",
             "acme_email": "ACME e-mail",
             "acme_directory_url": "ACME directory URL",
+            "acme_ca_certificate": "ACME server's CA certificate",
         }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

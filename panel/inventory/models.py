@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import secrets
 from typing import Any
@@ -89,6 +90,18 @@ class Server(models.Model):
         validators=[URLValidator(schemes=["https"])],
         help_text="ACME directory the proxy asks for certificates; blank for ACME_DIRECTORY_URL (Let's Encrypt).",
     )
+    acme_ca_certificate = models.TextField(
+        blank=True,
+        max_length=65536,
+        validators=[
+            RegexValidator(
+                r"^\s*-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s-]*-----END CERTIFICATE-----\s*$",
+                "Paste PEM certificates (-----BEGIN CERTIFICATE----- ...).",
+            )
+        ],
+        help_text="PEM certificates of a private ACME server's TLS (a company CA, the test CA Pebble); "
+        "blank for a public one such as Let's Encrypt.",
+    )
     last_validated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -161,6 +174,12 @@ class Environment(models.Model):
         validators=[validate_network_list],
         help_text="Networks (CIDR) allowed through the proxy; empty for everyone. Not for production.",
     )
+    tls_certificate = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="The certificate the server's proxy served for the main domain when last checked.",
+    )
     env_vars = models.JSONField(default=dict, blank=True, validators=[validate_env_mapping])
     secrets = EncryptedTextField(blank=True, help_text="JSON mapping of secret variables, encrypted at rest.")
     workers = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(64)])
@@ -225,6 +244,16 @@ class Environment(models.Model):
                     break
         if errors:
             raise ValidationError(errors)
+
+    def certificate_facts(self) -> dict[str, Any]:
+        """The last certificate check (``panel.inventory.proxy``) with its dates as datetimes, for the page."""
+        facts: dict[str, Any] = dict(self.tls_certificate or {})
+        for key in ("not_after", "checked_at"):
+            try:
+                facts[key] = datetime.datetime.fromisoformat(facts[key])
+            except (KeyError, TypeError, ValueError):
+                facts.pop(key, None)
+        return facts
 
     def all_domains(self) -> list[str]:
         """The main domain, then the aliases."""

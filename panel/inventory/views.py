@@ -24,7 +24,7 @@ from panel.accounts.context import current_organization
 from panel.accounts.models import Organization
 from panel.accounts.scoping import can, for_user, get_for_user
 from panel.accounts.services import record
-from panel.inventory import services
+from panel.inventory import proxy, services
 from panel.inventory.display import state_badges
 from panel.inventory.forms import (
     EnvironmentForm,
@@ -175,6 +175,22 @@ def server_validate(request: HttpRequest, server_id: int) -> HttpResponse:
         return redirect("server_confirm", server_id=server.pk)
     try:
         job = services.start_validation(server=server, actor=request.user)
+    except TargetBusy as exc:
+        messages.warning(request, busy_message(exc))
+        return redirect("server_detail", server_id=server.pk)
+    return redirect("job_detail", job_id=job.pk)
+
+
+@require_POST
+@login_required
+def server_proxy(request: HttpRequest, server_id: int) -> HttpResponse:
+    """Queue a job installing or updating the server's Traefik and follow it live."""
+    server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
+    if not server.host_key_pinned:
+        messages.error(request, "Confirm the server's host key fingerprint before installing its proxy.")
+        return redirect("server_confirm", server_id=server.pk)
+    try:
+        job = proxy.start_proxy_install(server=server, actor=request.user)
     except TargetBusy as exc:
         messages.warning(request, busy_message(exc))
         return redirect("server_detail", server_id=server.pk)

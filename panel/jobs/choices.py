@@ -30,6 +30,7 @@ class JobKind(models.TextChoices):
     VERIFY = "verify", "Verify backup"
     CHECK = "check", "Check what runs"
     PREPARE_SERVER = "prepare_server", "Prepare server"
+    INSTALL_PROXY = "install_proxy", "Install the proxy"
 
 
 class LogStream(models.TextChoices):

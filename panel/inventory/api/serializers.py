@@ -108,7 +108,14 @@ SERVER_READ_ONLY_FIELDS = [
 
 
 # The server's inverse proxy (panel.inventory.proxy): where it listens and its ACME account.
-PROXY_FIELDS = ["proxy_bind_address", "proxy_http_port", "proxy_https_port", "acme_email", "acme_directory_url"]
+PROXY_FIELDS = [
+    "proxy_bind_address",
+    "proxy_http_port",
+    "proxy_https_port",
+    "acme_email",
+    "acme_directory_url",
+    "acme_ca_certificate",
+]
 
 
 class ServerSerializer(PanelModelSerializer):

@@ -20,7 +20,7 @@ from deployments.api.views import EnvironmentDeployActions
 from deployments.webhooks import rotate_webhook_secret, webhook_url
 from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.api.views import Conflict, ScopedModelViewSet
-from panel.inventory import services
+from panel.inventory import proxy, services
 from panel.inventory.api.serializers import (
     ConfirmHostKeySerializer,
     EnvironmentSerializer,
@@ -99,6 +99,23 @@ class ServerViewSet(ScopedModelViewSet):
             raise Conflict("Confirm the server's host key fingerprint before validating it.")
         try:
             job = services.start_validation(server=server, actor=request.user)
+        except TargetBusy as exc:
+            return busy_response(exc)
+        return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
+
+    @extend_schema(
+        request=None,
+        responses={202: JobStartedSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def proxy(self, request: Request, pk: str | None = None) -> Response:
+        """Queue a job installing or updating the server's Traefik (the inverse proxy serving the environments'
+        domains over HTTPS; one server job at a time: 409 names the job already queued or running)."""
+        server = self.get_object()
+        if not server.host_key_pinned:
+            raise Conflict("Confirm the server's host key fingerprint before installing its proxy.")
+        try:
+            job = proxy.start_proxy_install(server=server, actor=request.user)
         except TargetBusy as exc:
             return busy_response(exc)
         return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)

@@ -264,6 +264,9 @@ class Handler(BaseHTTPRequestHandler):
                     self.send_json(500, {"status": "fail", "db_server_status": False})
                     return
             self.send_json(200, payload)
+        elif path in ("/websocket", "/longpolling/poll"):
+            # Odoo's gevent port (8072) answers these; the stand-in says which port took the request.
+            self.send_json(200, {"port": self.server.server_address[1], "path": path})
         elif path in ("/", "/web"):
             self.send_response(303)
             self.send_header("Location", "/web/login")
@@ -319,6 +322,15 @@ def serve(port: int) -> None:
         log_server.info("Initiating shutdown")
         log_server.info("Hit CTRL-C again or send a second signal to force the shutdown.")
         threading.Thread(target=server.shutdown, daemon=True).start()
+
+    # Odoo's second port (gevent: /websocket, /longpolling) is served by the same handler.
+    try:
+        gevent = ThreadingHTTPServer(("0.0.0.0", 8072), Handler)
+    except OSError as exc:
+        log_server.warning("Port 8072 unavailable: %s", exc)
+    else:
+        gevent.daemon_threads = True
+        threading.Thread(target=gevent.serve_forever, daemon=True).start()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
