@@ -27,6 +27,7 @@ from django.core.exceptions import ValidationError
 
 from deployments.traefik import add_traefik
 from panel.inventory.models import Environment, Project
+from panel.inventory.prepare import PrepareFailed, create_networks, declared_networks, describe_networks
 from panel.inventory.services import environment_directory
 from panel.jobs.runner import JobContext, JobFailed
 from panel.remote import CommandResult, RemoteError, Target, run, run_capture
@@ -385,6 +386,19 @@ class Pipeline:
         check = self.capture(self.compose("config", "--quiet"))
         if not check.ok:
             raise StepFailed(f"The compose configuration with the panel's override is not valid: {check.stderr[-500:]}")
+
+    def create_networks(self) -> None:
+        """Create the external networks the compose files declare and say which (a new server has none).
+
+        Before anything needs them: ``compose run`` (the database steps) and ``up`` both refuse a missing one.
+        """
+        files = [*self.environment.compose_files, OVERRIDE_FILE]  # the override joins odoo to the proxy's network
+        try:
+            names = declared_networks(self.target, self.environment.compose_project, self.root, files)
+            created, present = create_networks(self.target, names)
+        except PrepareFailed as exc:
+            raise StepFailed(str(exc)) from exc
+        self.context.write(describe_networks(created, present))
 
     def build(self) -> None:
         """Build the images of services with a ``build`` section."""

@@ -20,6 +20,7 @@ from deployments.pipeline import Pipeline, StepFailed, image_ref, panel_made_tag
 from monitoring.models import Event
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
+from panel.inventory.copier import use_answers
 from panel.inventory.models import Environment
 from panel.inventory.services import environment_hold, finish_changing, mark_changing
 from panel.jobs import services as jobs
@@ -296,6 +297,7 @@ def _put_in_place(
         pipeline.write_secrets(_ensure_secrets(environment))
         pipeline.require_images(source.images)
         pipeline.write_override(_override_with_pinned_images(source))
+        pipeline.create_networks()
     if snapshot:
         with context.step(f"{prefix}Restore database", cancelable=cancelable):
             pipeline.restore_database(snapshot)
@@ -344,12 +346,15 @@ def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment,
         deployment.commit_subject, commits = pipeline.describe(commit, previous)
         deployment.changes = {"commits": commits}
         deployment.save(update_fields=["commit", "commit_subject", "changes"])
+        if first_deploy:  # what the project's .copier-answers.yml knows fills what the panel was not told
+            use_answers(context, pipeline.target, pipeline.src, environment, commit)
     with context.step("Write configuration"):
         secrets = _ensure_secrets(environment)
         pipeline.write_secrets(secrets)
         services, built, images = pipeline.compose_services()
         override = render_override(environment, commit, services, built)
         pipeline.write_override(override)
+        pipeline.create_networks()
         deployment.config = _config_snapshot(environment, override, secrets)
         deployment.save(update_fields=["config"])
     with context.step("Build images"):

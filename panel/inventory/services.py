@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from panel.accounts.models import Organization
 from panel.accounts.services import record
+from panel.inventory import prepare
 from panel.inventory.choices import EnvironmentState, ServerStatus
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs import services as jobs
@@ -26,6 +27,7 @@ from panel.remote import (
     fetch_host_key,
     generate_key_pair,
     get_connection,
+    run,
     run_capture,
 )
 from panel.remote.docker import docker_client
@@ -236,6 +238,110 @@ def _save_validation(server: Server, status: str, message: str, facts: dict[str,
     server.save(update_fields=fields)
 
 
+# Exit 0 when every compose file of an environment ($3...) is in its checkout ($1/src), printing "override" if the
+# panel's override of its last deploy ($2) is there too.
+CHECKOUT_PROBE = (
+    'd=$1; o=$2; shift 2; for f in "$@"; do test -f "$d/src/$f" || exit 1; done; '
+    'if test -f "$d/src/$o"; then echo override; fi; exit 0'
+)
+
+
+def start_prepare(*, server: Server, actor: Any, install: bool = False, trigger: str = "user") -> Job:
+    """Queue a *Prepare server* job (one job at a time per server, like validation).
+
+    ``install``: when something is missing and the login is root or has passwordless sudo, install it with the OS
+    packages; without it the job only says what is missing and exactly what to run.
+    """
+    job = jobs.create_job(
+        kind=JobKind.PREPARE_SERVER,
+        organization=server.organization,
+        created_by=actor,
+        server=server,
+        lock_key=f"server:{server.pk}",
+        params={"server_id": server.pk, "install": bool(install)},
+        trigger=trigger,
+    )
+    record(action="server.prepare", actor=actor, obj=server, detail={"job": job.pk, "install": bool(install)})
+    return job
+
+
+def _report_tools(context: JobContext, tools: prepare.Tools, username: str) -> None:
+    context.write(
+        f"Docker engine {tools.docker_version}." if tools.docker_version else f"⚠ Docker: {tools.docker_problem}"
+    )
+    if tools.docker_installed:
+        context.write(
+            f"Docker Compose {tools.compose_version}." if tools.compose_version else "⚠ No docker compose v2 plugin."
+        )
+    context.write(f"git {tools.git_version}." if tools.git_version else "⚠ No git.")
+    may = "is root" if tools.uid == 0 else ("has passwordless sudo" if tools.sudo else "is not root and has no "
+                                           "passwordless sudo")  # fmt: skip
+    context.write(f"{username} {may}; OS: {tools.os_id or '?'} {tools.os_codename}".rstrip() + ".")
+
+
+@handler(JobKind.PREPARE_SERVER)
+def prepare_server(context: JobContext) -> dict[str, Any]:
+    """Check Docker, the compose v2 plugin and git (installing them when asked and allowed), then create the
+    external networks of every environment already checked out on the server.
+
+    An environment never deployed has no checkout, so its compose files are not on the server yet: its first
+    deploy creates its networks (every deploy does, before anything needs them).
+    """
+    server = Server.objects.get(pk=context.job.params["server_id"])
+    target = Target.for_server(server)
+    with context.step("Connect over SSH"):
+        get_connection(target)
+        context.write(f"Connected to {server.username}@{server.host}:{server.port} (pinned host key).")
+    with context.step("Tools"):
+        tools = prepare.probe(target, server.username)
+        _report_tools(context, tools, server.username)
+        plan = prepare.plan(tools, server.username)
+    if not tools.ready and context.job.params.get("install") and plan.packages:
+        with context.step("Install packages"):
+            if not tools.may_install:
+                raise prepare.PrepareFailed(prepare.advice(tools, plan, server.username))
+            context.write(f"Installing {' '.join(plan.packages)} with apt-get.")
+            for argv in prepare.install_argv(tools, plan.packages):
+                code = run(target, argv, on_output=context.log.output, timeout=prepare.install_timeout())
+                if code != 0:
+                    raise prepare.PrepareFailed(f"{' '.join(argv[-3:])} failed (exit code {code}); see the log.")
+            tools = prepare.probe(target, server.username)
+            _report_tools(context, tools, server.username)
+            plan = prepare.plan(tools, server.username)
+    if not tools.ready:
+        raise prepare.PrepareFailed(prepare.advice(tools, plan, server.username))
+    created: list[str] = []
+    present: list[str] = []
+    with context.step("Networks"):
+        for environment in server.environments.select_related("project").order_by("pk"):
+            directory = environment_directory(environment)
+            files = list(environment.compose_files)
+            found = run_capture(
+                target, ["sh", "-c", CHECKOUT_PROBE, "sh", directory, prepare.OVERRIDE_FILE, *files], timeout=60
+            )
+            if not files or not found.ok:
+                context.write(f"{environment}: not checked out on this server yet; its first deploy creates the "
+                              "networks its compose files declare.")  # fmt: skip
+                continue
+            if "override" in found.stdout.split():  # its last deploy's override (odoo on the proxy's network)
+                files.append(prepare.OVERRIDE_FILE)
+            names = prepare.declared_networks(target, environment.compose_project, directory, files)
+            made, there = prepare.create_networks(target, [n for n in names if n not in created + present])
+            created += made
+            present += there
+            context.write(
+                f"{environment}: {prepare.describe_networks(made, there) if names else 'declares no external network.'}"
+            )
+        if created:
+            context.write(f"Created {len(created)} network{'s' if len(created) > 1 else ''}: {', '.join(created)}.")
+        else:
+            existing = f"{', '.join(present)} already exist{'' if len(present) > 1 else 's'}."
+            context.write("Created no network: " + (existing if present else "no checked-out environment declares "
+                                                     "an external one."))  # fmt: skip
+    return {"created": created, "present": present, "docker": tools.docker_version,
+            "compose": tools.compose_version, "git": tools.git_version}  # fmt: skip
+
+
 @transaction.atomic
 def create_project(
     *, organization: Organization, actor: Any, generate_deploy_key: bool = True, **fields: Any
@@ -254,8 +360,12 @@ def create_project(
 def create_environment(
     *, project: Project, server: Server, actor: Any, secrets: dict[str, str] | None = None, **fields: Any
 ) -> Environment:
-    """Create an environment of a project on a server of the same organization or of its provider."""
+    """Create an environment of a project on a server of the same organization or of its provider.
+
+    Without a ``git_ref`` it follows the project's default branch.
+    """
     check_server_allowed(project=project, server=server)
+    fields.setdefault("git_ref", project.default_branch)  # not "main": the branch the project was told about
     environment = Environment(project=project, server=server, **fields)
     if not environment.compose_project:
         environment.compose_project = Environment.default_compose_project(project, environment.name)

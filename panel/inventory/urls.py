@@ -12,6 +12,7 @@ urlpatterns = [
     path("servers/<int:server_id>/confirm/", views.server_confirm, name="server_confirm"),
     path("servers/<int:server_id>/validate/", views.server_validate, name="server_validate"),
     path("servers/<int:server_id>/proxy/", views.server_proxy, name="server_proxy"),
+    path("servers/<int:server_id>/prepare/", views.server_prepare, name="server_prepare"),
     path("servers/<int:server_id>/host-key/", views.server_refetch_host_key, name="server_refetch_host_key"),
     path("servers/<int:server_id>/edit/", views.server_edit, name="server_edit"),
     path("servers/<int:server_id>/delete/", views.server_delete, name="server_delete"),

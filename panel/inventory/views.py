@@ -199,6 +199,22 @@ def server_proxy(request: HttpRequest, server_id: int) -> HttpResponse:
 
 @require_POST
 @login_required
+def server_prepare(request: HttpRequest, server_id: int) -> HttpResponse:
+    """Queue a *Prepare server* job (``install=1``: install what is missing, if the login may) and follow it."""
+    server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
+    if not server.host_key_pinned:
+        messages.error(request, "Confirm the server's host key fingerprint before preparing it.")
+        return redirect("server_confirm", server_id=server.pk)
+    try:
+        job = services.start_prepare(server=server, actor=request.user, install=request.POST.get("install") == "1")
+    except TargetBusy as exc:
+        messages.warning(request, busy_message(exc))
+        return redirect("server_detail", server_id=server.pk)
+    return redirect("job_detail", job_id=job.pk)
+
+
+@require_POST
+@login_required
 def server_refetch_host_key(request: HttpRequest, server_id: int) -> HttpResponse:
     """Read the host key again (after a reinstall); it must be confirmed again."""
     server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
@@ -381,7 +397,11 @@ def servers_for(request: HttpRequest, project: Project) -> QuerySet[Server]:
 def environment_create(request: HttpRequest, project_id: int) -> HttpResponse:
     """Add an environment to a project."""
     project = get_for_user(Project, request.user, Action.CHANGE, pk=project_id)
-    form = EnvironmentForm(request.POST if request.method == "POST" else None, servers=servers_for(request, project))
+    form = EnvironmentForm(
+        request.POST if request.method == "POST" else None,
+        servers=servers_for(request, project),
+        initial={"git_ref": project.default_branch},
+    )
     if request.method == "POST" and form.is_valid():
         fields = form.model_fields()
         server = fields.pop("server")

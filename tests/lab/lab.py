@@ -23,6 +23,11 @@ What ``ensure_up()`` provides (see ``HOST_SPECS``):
 * the sample Doodba project (``tests/lab/sample-project``) as a bare git repository with a ``main`` branch
   that the deploy users can clone by path; ``commit_to_sample()`` adds commits to it.
 
+Nothing else: the hosts are servers that never ran Doodba. No shared network (``inverseproxy_shared``,
+``globalwhitelist_shared``), no proxy, no project directory; what a Doodba project needs there, the panel makes
+(its *Prepare server* job and every deploy). Only what a real server would get from elsewhere stays a lab
+convenience: users and keys, and the images that cannot be pulled here.
+
 State lives in ``$LAB_DIR`` (default ``/var/lib/doodba-panel-lab``), outside the repository, so a second
 run only checks that everything is still there (a few seconds).
 """
@@ -108,7 +113,6 @@ GIT_IDENTITY = {
 }
 GIT_EPOCH = 1767268800  # 2026-01-01 12:00:00 UTC
 
-SHARED_NETWORKS = ("inverseproxy_shared",)
 SSH_PORT = 2222
 
 #: Which Debian package provides each required program.
@@ -920,13 +924,6 @@ def host_docker(
     return run([docker_cli(), *argv], env=env, check=check, timeout=timeout)
 
 
-def ensure_networks(spec: HostSpec) -> None:
-    """External networks the sample project's compose files expect."""
-    for network in SHARED_NETWORKS:
-        if host_docker(spec, "network", "inspect", network, check=False).returncode != 0:
-            host_docker(spec, "network", "create", network)
-
-
 # --------------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------------
@@ -1333,7 +1330,6 @@ def ensure_up() -> Lab:
             start_dockerd(spec)
         ensure_images()
         for spec in HOST_SPECS:
-            ensure_networks(spec)
             ensure_host_key(spec)
             paths = HostPaths(spec)
             if paths.host_key.read_bytes() != paths.host_key_orig.read_bytes():

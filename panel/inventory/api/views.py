@@ -38,6 +38,17 @@ from panel.jobs.services import TargetBusy
 from panel.remote import RemoteError
 
 
+class PrepareServerSerializer(serializers.Serializer):
+    """Body of ``POST /servers/{id}/prepare/``."""
+
+    install = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Install what is missing (docker.io, the compose v2 plugin, git) with apt-get when the SSH user is "
+        "root or has passwordless sudo. Without it the job only says what is missing and exactly what to run.",
+    )
+
+
 class RemoteUnavailable(exceptions.APIException):
     """400: the host could not be reached to read its key; the message says why in words a person can act on."""
 
@@ -116,6 +127,26 @@ class ServerViewSet(ScopedModelViewSet):
             raise Conflict("Confirm the server's host key fingerprint before installing its proxy.")
         try:
             job = proxy.start_proxy_install(server=server, actor=request.user)
+        except TargetBusy as exc:
+            return busy_response(exc)
+        return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
+
+    @extend_schema(
+        request=PrepareServerSerializer,
+        responses={202: JobStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def prepare(self, request: Request, pk: str | None = None) -> Response:
+        """Queue a *Prepare server* job: check Docker, the compose v2 plugin and git (optionally install them), and
+        create the external networks of the environments checked out there (409 names a job already queued or
+        running on the server)."""
+        server = self.get_object()
+        if not server.host_key_pinned:
+            raise Conflict("Confirm the server's host key fingerprint before preparing it.")
+        body = PrepareServerSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            job = services.start_prepare(server=server, actor=request.user, install=body.validated_data["install"])
         except TargetBusy as exc:
             return busy_response(exc)
         return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
