@@ -25,10 +25,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from deployments.traefik import CERT_RESOLVER, NETWORK, WEB, WEBSECURE
-from panel.accounts.services import record
 from panel.inventory.certificates import served_certificate
 from panel.inventory.models import Environment, Server
-from panel.jobs import services as jobs
+from panel.inventory.services import server_job
 from panel.jobs.choices import JobKind
 from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
@@ -56,16 +55,7 @@ class ProxyFailed(JobFailed):
 
 def start_proxy_install(*, server: Server, actor: Any) -> Job:
     """Queue a job installing or updating the server's proxy (it holds ``server:<id>``: one server job at a time)."""
-    job = jobs.create_job(
-        kind=JobKind.INSTALL_PROXY,
-        organization=server.organization,
-        created_by=actor,
-        server=server,
-        lock_key=f"server:{server.pk}",
-        params={"server_id": server.pk},
-    )
-    record(action="server.proxy", actor=actor, obj=server, detail={"job": job.pk})
-    return job
+    return server_job(server=server, kind=JobKind.INSTALL_PROXY, actor=actor, action="server.proxy")
 
 
 def published(address: str | None, port: int, container_port: int) -> str:

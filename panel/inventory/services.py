@@ -117,19 +117,27 @@ def regenerate_server_key(*, server: Server, actor: Any) -> None:
     record(action="server.key_regenerated", actor=actor, obj=server)
 
 
-def start_validation(*, server: Server, actor: Any, trigger: str = "user") -> Job:
-    """Queue a validation job for a server (one at a time per server)."""
+def server_job(
+    *, server: Server, kind: str, actor: Any, action: str, options: dict[str, Any] | None = None, trigger: str = "user"
+) -> Job:
+    """Queue a job on a server (it holds ``server:<id>``: one server job at a time) and audit it as ``action``."""
     job = jobs.create_job(
-        kind=JobKind.VALIDATE_SERVER,
+        kind=kind,
         organization=server.organization,
         created_by=actor,
         server=server,
         lock_key=f"server:{server.pk}",
-        params={"server_id": server.pk},
+        params={"server_id": server.pk, **(options or {})},
         trigger=trigger,
     )
-    record(action="server.validate", actor=actor, obj=server, detail={"job": job.pk})
+    record(action=action, actor=actor, obj=server, detail={"job": job.pk, **(options or {})})
     return job
+
+
+def start_validation(*, server: Server, actor: Any, trigger: str = "user") -> Job:
+    """Queue a validation job for a server (one at a time per server)."""
+    return server_job(server=server, kind=JobKind.VALIDATE_SERVER, actor=actor, action="server.validate",
+                      trigger=trigger)  # fmt: skip
 
 
 def _problem(problems: list[str], context: JobContext, message: str) -> None:
@@ -252,17 +260,10 @@ def start_prepare(*, server: Server, actor: Any, install: bool = False, trigger:
     ``install``: when something is missing and the login is root or has passwordless sudo, install it with the OS
     packages; without it the job only says what is missing and exactly what to run.
     """
-    job = jobs.create_job(
-        kind=JobKind.PREPARE_SERVER,
-        organization=server.organization,
-        created_by=actor,
-        server=server,
-        lock_key=f"server:{server.pk}",
-        params={"server_id": server.pk, "install": bool(install)},
-        trigger=trigger,
-    )
-    record(action="server.prepare", actor=actor, obj=server, detail={"job": job.pk, "install": bool(install)})
-    return job
+    return server_job(
+        server=server, kind=JobKind.PREPARE_SERVER, actor=actor, action="server.prepare",
+        options={"install": bool(install)}, trigger=trigger,
+    )  # fmt: skip
 
 
 def _report_tools(context: JobContext, tools: prepare.Tools, username: str) -> None:

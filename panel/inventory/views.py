@@ -6,6 +6,7 @@ not allow, answers 404. Domain actions (onboarding, validation, creation) live i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
@@ -165,52 +166,48 @@ def server_facts(request: HttpRequest, server_id: int) -> HttpResponse:
     return render(request, "inventory/_server_facts.html", {"server": server})
 
 
-@require_POST
-@login_required
-def server_validate(request: HttpRequest, server_id: int) -> HttpResponse:
-    """Queue a validation job and follow it live."""
+def _queue_server_job(request: HttpRequest, server_id: int, doing: str, start: Callable[[Server], Job]) -> HttpResponse:
+    """Queue a server job with ``start`` and follow it live (a pinned host key first; busy: say which job runs)."""
     server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
     if not server.host_key_pinned:
-        messages.error(request, "Confirm the server's host key fingerprint before validating it.")
+        messages.error(request, f"Confirm the server's host key fingerprint before {doing}.")
         return redirect("server_confirm", server_id=server.pk)
     try:
-        job = services.start_validation(server=server, actor=request.user)
+        job = start(server)
     except TargetBusy as exc:
         messages.warning(request, busy_message(exc))
         return redirect("server_detail", server_id=server.pk)
     return redirect("job_detail", job_id=job.pk)
+
+
+@require_POST
+@login_required
+def server_validate(request: HttpRequest, server_id: int) -> HttpResponse:
+    """Queue a validation job and follow it live."""
+    return _queue_server_job(
+        request, server_id, "validating it", lambda server: services.start_validation(server=server, actor=request.user)
+    )
 
 
 @require_POST
 @login_required
 def server_proxy(request: HttpRequest, server_id: int) -> HttpResponse:
     """Queue a job installing or updating the server's Traefik and follow it live."""
-    server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
-    if not server.host_key_pinned:
-        messages.error(request, "Confirm the server's host key fingerprint before installing its proxy.")
-        return redirect("server_confirm", server_id=server.pk)
-    try:
-        job = proxy.start_proxy_install(server=server, actor=request.user)
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-        return redirect("server_detail", server_id=server.pk)
-    return redirect("job_detail", job_id=job.pk)
+    return _queue_server_job(
+        request, server_id, "installing its proxy",
+        lambda server: proxy.start_proxy_install(server=server, actor=request.user),
+    )  # fmt: skip
 
 
 @require_POST
 @login_required
 def server_prepare(request: HttpRequest, server_id: int) -> HttpResponse:
     """Queue a *Prepare server* job (``install=1``: install what is missing, if the login may) and follow it."""
-    server = get_for_user(Server, request.user, Action.CHANGE, pk=server_id)
-    if not server.host_key_pinned:
-        messages.error(request, "Confirm the server's host key fingerprint before preparing it.")
-        return redirect("server_confirm", server_id=server.pk)
-    try:
-        job = services.start_prepare(server=server, actor=request.user, install=request.POST.get("install") == "1")
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-        return redirect("server_detail", server_id=server.pk)
-    return redirect("job_detail", job_id=job.pk)
+    install = request.POST.get("install") == "1"
+    return _queue_server_job(
+        request, server_id, "preparing it",
+        lambda server: services.start_prepare(server=server, actor=request.user, install=install),
+    )  # fmt: skip
 
 
 @require_POST

@@ -7,6 +7,7 @@ answers 404.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db import models
@@ -105,14 +106,9 @@ class ServerViewSet(ScopedModelViewSet):
     @action(detail=True, methods=["post"])
     def validate(self, request: Request, pk: str | None = None) -> Response:
         """Queue a validation job (one at a time per server; 409 names the job already queued or running)."""
-        server = self.get_object()
-        if not server.host_key_pinned:
-            raise Conflict("Confirm the server's host key fingerprint before validating it.")
-        try:
-            job = services.start_validation(server=server, actor=request.user)
-        except TargetBusy as exc:
-            return busy_response(exc)
-        return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
+        return self._queue_job(
+            "validating it", lambda server: services.start_validation(server=server, actor=request.user)
+        )
 
     @extend_schema(
         request=None,
@@ -122,14 +118,9 @@ class ServerViewSet(ScopedModelViewSet):
     def proxy(self, request: Request, pk: str | None = None) -> Response:
         """Queue a job installing or updating the server's Traefik (the inverse proxy serving the environments'
         domains over HTTPS; one server job at a time: 409 names the job already queued or running)."""
-        server = self.get_object()
-        if not server.host_key_pinned:
-            raise Conflict("Confirm the server's host key fingerprint before installing its proxy.")
-        try:
-            job = proxy.start_proxy_install(server=server, actor=request.user)
-        except TargetBusy as exc:
-            return busy_response(exc)
-        return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
+        return self._queue_job(
+            "installing its proxy", lambda server: proxy.start_proxy_install(server=server, actor=request.user)
+        )
 
     @extend_schema(
         request=PrepareServerSerializer,
@@ -140,13 +131,21 @@ class ServerViewSet(ScopedModelViewSet):
         """Queue a *Prepare server* job: check Docker, the compose v2 plugin and git (optionally install them), and
         create the external networks of the environments checked out there (409 names a job already queued or
         running on the server)."""
+
+        def start(server: Server) -> Job:
+            body = PrepareServerSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            return services.start_prepare(server=server, actor=request.user, install=body.validated_data["install"])
+
+        return self._queue_job("preparing it", start)
+
+    def _queue_job(self, doing: str, start: Callable[[Server], Job]) -> Response:
+        """202 with the job ``start`` queued on this server; 409 for an unpinned host key or a busy server."""
         server = self.get_object()
         if not server.host_key_pinned:
-            raise Conflict("Confirm the server's host key fingerprint before preparing it.")
-        body = PrepareServerSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+            raise Conflict(f"Confirm the server's host key fingerprint before {doing}.")
         try:
-            job = services.start_prepare(server=server, actor=request.user, install=body.validated_data["install"])
+            job = start(server)
         except TargetBusy as exc:
             return busy_response(exc)
         return Response(JobStartedSerializer({"job": job}, context=self.get_serializer_context()).data, status=202)
