@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from panel.accounts.models import Organization
-from panel.inventory.models import Environment, Project, Server
+from panel.inventory.models import PROXY_FIELDS, Environment, Project, Server
 from panel.remote import RemoteError
 from panel.remote.ssh import load_private_key
 from panel.validators import (
@@ -158,12 +158,7 @@ class ServerEditForm(forms.ModelForm):
             "name",
             "port",
             "username",
-            "proxy_bind_address",
-            "proxy_http_port",
-            "proxy_https_port",
-            "acme_email",
-            "acme_directory_url",
-            "acme_ca_certificate",
+            *PROXY_FIELDS,
         ]
         widgets = {"acme_ca_certificate": forms.Textarea(attrs={"rows": 3, "spellcheck": "false"})}
         labels = {

@@ -47,6 +47,17 @@ validate_memory = RegexValidator(r"^[1-9][0-9]{0,5}[mMgG]$", "Enter a memory lim
 validate_cpus = RegexValidator(r"^(?:[1-9][0-9]?|0)(?:\.[0-9]{1,2})?$", "Enter a CPU limit such as 1.5.")
 
 
+# The server's inverse proxy (panel.inventory.proxy): where it listens and its ACME account (form and API alike).
+PROXY_FIELDS = [
+    "proxy_bind_address",
+    "proxy_http_port",
+    "proxy_https_port",
+    "acme_email",
+    "acme_directory_url",
+    "acme_ca_certificate",
+]
+
+
 class Server(models.Model):
     """A Docker host the panel reaches over SSH with a pinned host key."""
 

@@ -28,7 +28,7 @@ from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory import services
 from panel.inventory.choices import EnvironmentState
-from panel.inventory.models import Environment, Project, Server
+from panel.inventory.models import PROXY_FIELDS, Environment, Project, Server
 from panel.remote import RemoteError
 from panel.remote.ssh import public_line_of
 from panel.validators import (
@@ -104,17 +104,6 @@ SERVER_READ_ONLY_FIELDS = [
     "docker_access",
     "last_validated_at",
     "created_at",
-]
-
-
-# The server's inverse proxy (panel.inventory.proxy): where it listens and its ACME account.
-PROXY_FIELDS = [
-    "proxy_bind_address",
-    "proxy_http_port",
-    "proxy_https_port",
-    "acme_email",
-    "acme_directory_url",
-    "acme_ca_certificate",
 ]
 
 
