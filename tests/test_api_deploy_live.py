@@ -6,9 +6,6 @@ however the requests interleave. No worker runs: the accepted job stays queued.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,32 +14,19 @@ import pytest
 from deployments.models import Deployment
 from panel.accounts.services import create_token
 from panel.jobs.models import Job
+from tests.deploy_fixtures import api_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REQUESTS = 20
 
 
-def post(url: str, token: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url,
-        data=b"{}",
-        method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_it_accepts_exactly_one_of_twenty_concurrent_deploys(live_server_url: str, users: Any, inventory: Any) -> None:
     environment = inventory["env_a"]
     _, token = create_token(user=users["olga"], name="burst", scope="write")
-    url = f"{live_server_url}/api/v1/environments/{environment.pk}/deploy/"
+    path = f"/api/v1/environments/{environment.pk}/deploy/"
     with ThreadPoolExecutor(max_workers=REQUESTS) as pool:
-        results = list(pool.map(lambda _: post(url, token), range(REQUESTS)))
+        results = list(pool.map(lambda _: api_call(live_server_url, token, "POST", path), range(REQUESTS)))
     codes = sorted(code for code, _ in results)
     assert codes == [202] + [409] * (REQUESTS - 1), results
     accepted = next(body for code, body in results if code == 202)
