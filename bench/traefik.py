@@ -31,10 +31,14 @@ import django  # noqa: E402
 
 django.setup()
 
-from deployments.pipeline import compose_file_text  # noqa: E402
-from deployments.traefik import NETWORK, traefik_labels  # noqa: E402
+from deployments.traefik import traefik_labels  # noqa: E402
+from panel.compose import compose_file_text  # noqa: E402
 from panel.inventory.models import Environment, Project, Server  # noqa: E402
-from panel.inventory.proxy import PROJECT, proxy_compose  # noqa: E402
+from panel.inventory.proxy import (  # noqa: E402
+    NETWORK,
+    PROJECT,
+    proxy_compose,
+)
 from tests.lab import lab  # noqa: E402
 from tests.lab.traefik import ensure_traefik_image, pebble  # noqa: E402
 

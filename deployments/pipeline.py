@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from deployments.traefik import add_traefik
+from panel.compose import compose_file_text
 from panel.inventory.models import Environment, Project
 from panel.inventory.prepare import PrepareFailed, create_networks, declared_networks, describe_networks
 from panel.inventory.services import environment_directory
@@ -177,18 +178,6 @@ def env_file_text(values: dict[str, str]) -> str:
 def compose_escape(value: str) -> str:
     """Compose interpolates ``$`` in compose files: double it so values stay literal."""
     return value.replace("$", "$$")
-
-
-# YAML (go-yaml, which compose uses) refuses C0/C1 control characters, U+FEFF and U+FFFE/U+FFFF in the text, takes
-# U+0085, U+2028 and U+2029 as line breaks, and refuses \u escapes of surrogates (JSON's spelling of astral
-# characters): so only printable ASCII and astral characters stay as they are, every other one is a \u escape.
-YAML_ESCAPE_RE = re.compile("[^\n\x20-\x7e\U00010000-\U0010ffff]")
-
-
-def compose_file_text(document: dict[str, Any]) -> str:
-    """A compose file as JSON (which is YAML) that go-yaml reads back with every string unchanged."""
-    text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
-    return YAML_ESCAPE_RE.sub(lambda match: f"\\u{ord(match.group()):04x}", text) + "\n"
 
 
 def image_ref(environment: Environment, service: str, commit: str) -> str:

@@ -25,12 +25,9 @@ from django.core.exceptions import ValidationError
 
 from panel.inventory.choices import EnvironmentKind
 from panel.inventory.models import Environment
+from panel.inventory.proxy import CERT_RESOLVER, NETWORK, WEB, WEBSECURE
 from panel.validators import normalize_network, validate_domain
 
-NETWORK = "inverseproxy_shared"
-CERT_RESOLVER = "panel"
-WEB = "web"
-WEBSECURE = "websecure"
 ODOO_PORT = 8069
 LONGPOLLING_PORT = 8072
 # A source range no client has: the middleware answers 403 to everyone (Traefik has no plain "deny").

@@ -24,7 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from deployments.traefik import CERT_RESOLVER, NETWORK, WEB, WEBSECURE
+from panel.compose import compose_file_text
 from panel.inventory.certificates import served_certificate
 from panel.inventory.models import Environment, Server
 from panel.inventory.services import server_job
@@ -33,6 +33,11 @@ from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
 from panel.remote import Target, get_connection, run, run_capture
 
+# The shared network, certificate resolver and entry points environments' Traefik labels name (deployments.traefik).
+NETWORK = "inverseproxy_shared"
+CERT_RESOLVER = "panel"
+WEB = "web"
+WEBSECURE = "websecure"
 PROJECT = "doodba-panel-proxy"
 DIRECTORY = "doodba-panel/.proxy"
 COMPOSE_FILE = f"{DIRECTORY}/docker-compose.yaml"
@@ -157,8 +162,6 @@ def check_domains(context: JobContext, server: Server, target: Target) -> list[s
 @handler(JobKind.INSTALL_PROXY)
 def install_proxy(context: JobContext) -> dict[str, Any]:
     """Install or update the server's Traefik: shared network, compose file, ``up -d``, and a check it runs."""
-    from deployments.pipeline import compose_file_text
-
     server = Server.objects.get(pk=context.job.params["server_id"])
     target = Target.for_server(server)
     with context.step("Connect over SSH"):
