@@ -1,8 +1,9 @@
-"""HTML routes of deployments (included from ``panel/urls.py``)."""
+"""HTML routes of deployments and the git webhook (included from ``panel/urls.py`` through ``panel.extensions``)."""
 
 from django.urls import path
 
 from deployments import views
+from deployments.webhooks import git_webhook
 
 urlpatterns = [
     path("environments/<int:environment_id>/deploy/", views.environment_deploy, name="environment_deploy"),
@@ -11,4 +12,5 @@ urlpatterns = [
     path("environments/<int:environment_id>/compare/", views.environment_compare, name="environment_compare"),
     path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:deployment_id>/rollback/", views.deployment_rollback, name="deployment_rollback"),
+    path("hooks/git/<str:webhook_id>/", git_webhook, name="git-webhook"),
 ]

@@ -1,7 +1,7 @@
 """HTML views of deployments: deploy, promote, roll back, compare, one deployment with its live steps and log.
 
-The environment page (``panel.inventory.views.environment_detail``) gets its deployment part from
-``environment_context``. Everything is reached through ``panel.accounts.scoping``: deployment pages, logs, images
+The environment page (``panel.inventory.views.environment_detail``) gets its deployment section from
+``environment_context``, through ``deployments.extensions``. Everything is reached through ``panel.accounts.scoping``: deployment pages, logs, images
 and configuration need ``Action.VIEW_DETAILS`` (customers only see a reduced history on the environment page), and
 every state change needs ``Action.CHANGE`` and a POST. The ``start_*`` services record the audit events.
 """
@@ -25,9 +25,8 @@ from deployments.models import Deployment
 from panel.accounts.choices import Action
 from panel.accounts.scoping import can, for_user, get_for_user
 from panel.inventory.choices import EnvironmentKind
-from panel.inventory.display import Badge, state_badges
+from panel.inventory.display import Badge
 from panel.inventory.models import Environment
-from panel.inventory.services import environment_state
 from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
@@ -95,10 +94,10 @@ def is_rollback_target(deployment: Deployment, current: Deployment | None) -> bo
 def environment_context(
     request: HttpRequest, environment: Environment, *, show_details: bool, may_change: bool
 ) -> dict[str, Any]:
-    """The deployment part of the environment page: state, current deployment, actions and history."""
+    """The deployment part of the environment page: current deployment, actions and history (the page itself
+    shows the environment's state)."""
     running = running_deployment(environment)
     current = environment.current_deployment
-    state = environment_state(environment, active_job=running.job if running is not None else None)
     deployments = list(
         for_user(Deployment, request.user, Action.VIEW)
         .filter(environment=environment)
@@ -116,8 +115,6 @@ def environment_context(
         for deployment in deployments
     ]
     context: dict[str, Any] = {
-        "state": state_badges(state, customer=not show_details),
-        "environment_state": state,
         "current_deployment": current,
         "history": history,
         "running_deployment": running if show_details else None,

@@ -1,7 +1,8 @@
 """The REST API under /api/v1/: objects, the OpenAPI schema and its docs page (served offline, CSP-clean).
 
 Every endpoint and who may call it is listed in the view modules' docstrings; access always goes through
-``panel.accounts.scoping``.
+``panel.accounts.scoping``. Feature apps add actions to the inventory viewsets and their own collections through
+``panel.extensions`` (read when the URLs load, after every app's ``ready()``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
-from deployments.api.views import DeploymentViewSet
+from panel import extensions
 from panel.accounts.api.views import ApiTokenViewSet, InvitationViewSet, OrganizationViewSet
 from panel.inventory.api.views import EnvironmentViewSet, ProjectViewSet, ServerViewSet
 from panel.jobs.api.views import JobViewSet
@@ -70,10 +71,11 @@ class ApiDocsView(SpectacularSwaggerSplitView):
 
 router = SimpleRouter()
 router.register("organizations", OrganizationViewSet, basename="organization")
-router.register("servers", ServerViewSet, basename="server")
-router.register("projects", ProjectViewSet, basename="project")
-router.register("environments", EnvironmentViewSet, basename="environment")
-router.register("deployments", DeploymentViewSet, basename="deployment")
+router.register("servers", extensions.viewset("server", ServerViewSet), basename="server")
+router.register("projects", extensions.viewset("project", ProjectViewSet), basename="project")
+router.register("environments", extensions.viewset("environment", EnvironmentViewSet), basename="environment")
+for prefix, viewset, basename in extensions.api_routes():
+    router.register(prefix, viewset, basename=basename)
 router.register("jobs", JobViewSet, basename="job")
 router.register("tokens", ApiTokenViewSet, basename="token")
 router.register("invitations", InvitationViewSet, basename="invitation")

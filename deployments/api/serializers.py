@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from deployments.models import Deployment
+from deployments.webhooks import webhook_url
 from panel.accounts.api.serializers import CustomerViewMixin
 from panel.jobs.api.serializers import JobSerializer
 from panel.validators import validate_git_ref
@@ -164,3 +166,25 @@ class DeploymentFilterSerializer(serializers.Serializer):  # type: ignore[type-a
     """Query parameters of the deployment list."""
 
     environment = serializers.IntegerField(min_value=1, required=False, help_text="Only this environment's.")
+
+
+class WebhookSecretSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The new webhook secret, shown once, and the URL to configure with it."""
+
+    webhook_url = serializers.CharField()
+    webhook_secret = serializers.CharField(help_text="Shown once; stored encrypted. GitHub secret / GitLab token.")
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class WebhookUrlField(serializers.Field):  # type: ignore[type-arg]
+    """Read-only: the git webhook URL of the object's project, absolute when the request tells the panel's address.
+
+    Added to the project and environment representations through ``panel.extensions``.
+    """
+
+    def __init__(self, *, project_of: Any, **kwargs: Any) -> None:
+        self.project_of = project_of
+        super().__init__(read_only=True, source="*", **kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        return webhook_url(self.project_of(value), self.context.get("request"))

@@ -6,6 +6,10 @@
 - ``GET /deployments/?environment=<id>``, ``GET /deployments/{id}/``: everyone who may see the environment; customers
   in the reduced form of ``DeploymentSerializer``.
 - ``GET /deployments/{id}/compare/?with=<id>``: staff (``view_details``).
+- ``POST /projects/{id}/webhook-secret/``: owners and operators; rotates the git webhook secret and shows it once.
+
+The environment and project actions are mixed into inventory's viewsets through ``panel.extensions``
+(``deployments.extensions``).
 
 Objects outside ``for_user(..., action)`` answer 404, like unknown ids (a viewer's POST included).
 """
@@ -32,9 +36,11 @@ from deployments.api.serializers import (
     DeploymentSerializer,
     DeploymentStartedSerializer,
     DeployRequestSerializer,
+    WebhookSecretSerializer,
 )
 from deployments.choices import Trigger
 from deployments.models import Deployment
+from deployments.webhooks import rotate_webhook_secret, webhook_url
 from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user, get_for_user
@@ -72,7 +78,7 @@ def run_action(start: Any, context: dict[str, Any], **kwargs: Any) -> Response:
 
 
 class EnvironmentDeployActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
-    """Deploy and promote, mixed into ``EnvironmentViewSet`` (``get_object`` scopes POST to ``change``)."""
+    """Deploy, check and promote, mixed into ``EnvironmentViewSet`` (``get_object`` scopes POST to ``change``)."""
 
     @extend_schema(request=DeployRequestSerializer, responses=STARTED_RESPONSES)
     @action(detail=True, methods=["post"])
@@ -112,6 +118,19 @@ class EnvironmentDeployActions(viewsets.GenericViewSet):  # type: ignore[type-ar
         return run_action(
             services.start_promote, self.get_serializer_context(), environment=environment, actor=request.user
         )
+
+
+class ProjectWebhookActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
+    """The webhook secret rotation, mixed into ``ProjectViewSet`` (``get_object`` scopes POST to ``change``)."""
+
+    @extend_schema(request=None, responses={200: WebhookSecretSerializer})
+    @action(detail=True, methods=["post"], url_path="webhook-secret")
+    def webhook_secret(self, request: Request, pk: str | None = None) -> Response:
+        """Rotate the git webhook secret and show the new one, once (the old one stops working at once)."""
+        project = self.get_object()
+        secret = rotate_webhook_secret(project=project, actor=request.user)
+        body = {"webhook_url": webhook_url(project, request), "webhook_secret": secret}
+        return Response(body, headers={"Cache-Control": "no-store"})
 
 
 @extend_schema_view(

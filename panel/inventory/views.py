@@ -2,6 +2,8 @@
 
 Every object is reached through ``panel.accounts.scoping``: another organization's id, or an action the role does
 not allow, answers 404. Domain actions (onboarding, validation, creation) live in ``panel.inventory.services``.
+Feature apps (deployments, backups, monitoring) add their sections and buttons to the environment page through
+``panel.extensions``; this module imports none of them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from deployments.views import environment_context
+from panel import extensions
 from panel.accounts.choices import Action
 from panel.accounts.context import current_organization
 from panel.accounts.models import Organization
@@ -429,19 +431,21 @@ def environment_detail(request: HttpRequest, environment_id: int) -> HttpRespons
     jobs = for_user(Job, request.user, Action.VIEW_DETAILS if show_details else Action.VIEW).filter(
         environment=environment
     )
-    return render(
-        request,
-        "inventory/environment_detail.html",
-        {
-            "environment": environment,
-            "show_details": show_details,
-            "may_change": may_change,
-            "latest_job": jobs.first(),
-            "jobs": jobs[:RECENT_JOBS] if show_details else [],
-            "secret_names": sorted(environment.get_secrets()) if show_details else [],
-            **environment_context(request, environment, show_details=show_details, may_change=may_change),
-        },
+    state = services.environment_state(environment)
+    page = {
+        "environment": environment,
+        "show_details": show_details,
+        "may_change": may_change,
+        "state": state_badges(state, customer=not show_details),
+        "environment_state": state,
+        "latest_job": jobs.first(),
+        "jobs": jobs[:RECENT_JOBS] if show_details else [],
+        "secret_names": sorted(environment.get_secrets()) if show_details else [],
+    }
+    context = extensions.page_context(
+        "environment", request, environment, show_details=show_details, may_change=may_change, base=page
     )
+    return render(request, "inventory/environment_detail.html", context)
 
 
 @require_http_methods(["GET", "POST"])

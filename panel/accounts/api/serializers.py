@@ -119,11 +119,15 @@ class CustomerViewMixin:
         user = getattr(self.context.get("request"), "user", None)
         return self.organization_id_of(instance) in organization_ids(user, Action.VIEW_DETAILS)
 
+    def customer_view_fields(self) -> tuple[str, ...]:
+        """The fields customers see (``customer_fields``; inventory adds those feature apps contribute)."""
+        return self.customer_fields
+
     def to_representation(self, instance: Any) -> dict[str, Any]:
         data: dict[str, Any] = super().to_representation(instance)  # type: ignore[misc]
         if self.shows_details(instance):
             return data
-        return {name: data[name] for name in self.customer_fields}
+        return {name: data[name] for name in self.customer_view_fields()}
 
 
 class DetailSerializer(serializers.Serializer):  # type: ignore[type-arg]

@@ -3,20 +3,22 @@
 Secrets are write-only at every depth: a server's ``private_key``, a project's ``deploy_key`` and an environment's
 ``secrets`` values are accepted on input and never rendered; an environment shows only ``secret_names``.
 Every field is validated (model validators from ``panel.validators``) before any service runs, so a bad host is
-refused before the panel connects anywhere.
+refused before the panel connects anywhere. Feature apps add read-only fields to projects and environments
+(``webhook_url``) through ``panel.extensions``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.webhooks import webhook_url
+from panel import extensions
 from panel.accounts.api.serializers import (
     CustomerViewMixin,
     PanelModelSerializer,
@@ -173,30 +175,38 @@ class ConfirmHostKeySerializer(serializers.Serializer):  # type: ignore[type-arg
     fingerprint = serializers.CharField(max_length=80)
 
 
-def request_of(serializer: serializers.Field[Any, Any, Any, Any]) -> Any:
-    """The request the serializer works for, if any (absolute URLs are built from it)."""
-    return serializer.context.get("request")
+class ContributedFieldsMixin:
+    """Adds the fields feature apps contribute to ``extension_model`` (``panel.extensions``), before ``created_at``;
+    those the contributions name as customer fields are shown to customers too."""
+
+    extension_model: ClassVar[str]
+    customer_fields: ClassVar[tuple[str, ...]]
+
+    def get_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = super().get_fields()  # type: ignore[misc]
+        contributed = extensions.serializer_fields(self.extension_model)
+        clash = sorted(set(contributed) & set(fields))
+        if clash:
+            raise ImproperlyConfigured(f"Contributed fields {clash} already exist on {type(self).__name__}.")
+        tail = {name: fields.pop(name) for name in ("created_at",) if name in fields}
+        return {**fields, **contributed, **tail}
+
+    def customer_view_fields(self) -> tuple[str, ...]:
+        return (*self.customer_fields, *extensions.customer_fields(self.extension_model))
 
 
-class WebhookSecretSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    """The new webhook secret, shown once, and the URL to configure with it."""
-
-    webhook_url = serializers.CharField()
-    webhook_secret = serializers.CharField(help_text="Shown once; stored encrypted. GitHub secret / GitLab token.")
-
-
-class ProjectSerializer(CustomerViewMixin, PanelModelSerializer):
+class ProjectSerializer(ContributedFieldsMixin, CustomerViewMixin, PanelModelSerializer):
     """A Doodba project. Customers see only ``customer_fields``; the deploy key is write-only for everyone.
 
     ``webhook_url`` is where GitHub/GitLab send pushes; the webhook secret is never part of this representation
     (``POST /projects/{id}/webhook-secret/`` rotates it and shows the new value once).
     """
 
+    extension_model = "project"
     customer_fields = ("id", "name", "organization", "odoo_version")
 
     organization = ScopedRelatedField(Organization)
     deploy_key = key_field("Private key the server fetches the repository with; generated when left empty.")
-    webhook_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Project
@@ -211,16 +221,11 @@ class ProjectSerializer(CustomerViewMixin, PanelModelSerializer):
             "deploy_key",
             "deploy_public_key",
             "git_known_hosts",
-            "webhook_url",
             "created_at",
         ]
         read_only_fields = ["deploy_public_key", "created_at"]
         extra_kwargs = {"git_known_hosts": {"max_length": MAX_KNOWN_HOSTS_CHARS}}
         create_only = ["organization", "slug"]
-
-    def get_webhook_url(self, project: Project) -> str:
-        """Where the git host sends push events (``/hooks/git/<webhook_id>/``)."""
-        return webhook_url(project, request_of(self))
 
     def create(self, validated_data: dict[str, Any]) -> Project:
         deploy_key = validated_data.pop("deploy_key", "")
@@ -308,13 +313,14 @@ def check_aliases(value: list[str]) -> None:
         raise serializers.ValidationError(exc.messages) from exc
 
 
-class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
+class EnvironmentSerializer(ContributedFieldsMixin, CustomerViewMixin, PanelModelSerializer):
     """An environment. Staff see everything but secret values; customers see ``customer_fields`` only.
 
     ``secrets`` is merged on update: names given are set, a ``null`` value removes a name, others stay.
     ``project``, ``server`` and ``compose_project`` are fixed once created (moving an environment is a job).
     """
 
+    extension_model = "environment"
     customer_fields = ("id", "name", "kind", "domain", "project", "state", "state_detail")
 
     project = ScopedRelatedField(Project)
@@ -324,7 +330,6 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
     current_deployment = CurrentDeploymentSerializer(read_only=True, allow_null=True)
     state = serializers.SerializerMethodField()
     state_detail = serializers.SerializerMethodField()
-    webhook_url = serializers.SerializerMethodField()
     domain = DomainField(
         max_length=300, required=False, allow_blank=True, help_text="Main domain name; IDNs are stored as punycode."
     )
@@ -369,7 +374,6 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
             "current_deployment",
             "state",
             "state_detail",
-            "webhook_url",
             "created_at",
         ]
         read_only_fields = ["degraded", "created_at"]
@@ -407,11 +411,6 @@ class EnvironmentSerializer(CustomerViewMixin, PanelModelSerializer):
         """Why the environment is in its state, in words a person can act on (customers get their own wording)."""
         state = self._state(environment)
         return state.detail if self.shows_details(environment) else state.customer_detail
-
-    @extend_schema_field(OpenApiTypes.STR)
-    def get_webhook_url(self, environment: Environment) -> str:
-        """The project's git webhook URL (pushes to ``git_ref`` deploy here when ``auto_deploy`` is on)."""
-        return webhook_url(environment.project, request_of(self))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Secret names must not shadow plain env var names."""

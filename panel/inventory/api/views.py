@@ -2,7 +2,8 @@
 
 Who may call them is described in ``panel.accounts.api.views``: staff of an organization (owner, operator) change,
 viewers read, customers read projects and environments in a reduced form and never see servers; everything else
-answers 404.
+answers 404. Feature apps add actions to these viewsets (``/environments/{id}/deploy/``) through
+``panel.extensions``; ``panel/api_urls.py`` registers the composed classes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from deployments.api.views import EnvironmentDeployActions
-from deployments.webhooks import rotate_webhook_secret, webhook_url
 from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.api.views import Conflict, ScopedModelViewSet
 from panel.inventory import proxy, services
@@ -27,7 +26,6 @@ from panel.inventory.api.serializers import (
     EnvironmentSerializer,
     ProjectSerializer,
     ServerSerializer,
-    WebhookSecretSerializer,
 )
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
@@ -162,20 +160,14 @@ class ProjectViewSet(ScopedModelViewSet):
     def active_jobs(self, instance: Project) -> models.QuerySet[Job]:
         return Job.objects.filter(environment__project=instance)
 
-    @extend_schema(request=None, responses={200: WebhookSecretSerializer})
-    @action(detail=True, methods=["post"], url_path="webhook-secret")
-    def webhook_secret(self, request: Request, pk: str | None = None) -> Response:
-        """Rotate the git webhook secret and show the new one, once (the old one stops working at once)."""
-        project = self.get_object()
-        secret = rotate_webhook_secret(project=project, actor=request.user)
-        body = {"webhook_url": webhook_url(project, request), "webhook_secret": secret}
-        return Response(body, headers={"Cache-Control": "no-store"})
-
 
 @extend_schema_view(destroy=extend_schema(responses={204: None, 409: DetailSerializer}))
-class EnvironmentViewSet(EnvironmentDeployActions, ScopedModelViewSet):
+class EnvironmentViewSet(ScopedModelViewSet):
     """Environments of projects. Customers read id, name, kind, domain, project and state; staff all but secret
-    values. ``deploy`` and ``promote`` come from ``deployments.api.views``."""
+    values."""
+
+    # Feature apps add their actions (deploy, check, promote, ...) through panel.extensions; panel/api_urls.py
+    # registers the composed class.
 
     model = Environment
     audit_name = "environment"

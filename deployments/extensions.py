@@ -1,0 +1,59 @@
+"""What deployments add to the environment and project pages and API (``panel.extensions``), registered in
+``DeploymentsConfig.ready()``.
+
+- Environment page: the *Deployment* section (current deployment; deploy, check, promote and cancel buttons) and
+  the deployment history, below the facts. API: ``deploy``, ``check`` and ``promote`` actions on
+  ``/environments/{id}/``, the ``webhook_url`` field, the ``/deployments/`` collection and the HTML routes of
+  ``deployments.urls`` (git webhooks included).
+- Project API: the ``webhook_url`` field and ``POST /projects/{id}/webhook-secret/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployments.api.serializers import WebhookUrlField
+from deployments.api.views import DeploymentViewSet, EnvironmentDeployActions, ProjectWebhookActions
+from deployments.views import environment_context
+from panel.extensions import Contribution, Page
+
+
+class EnvironmentDeployments(Contribution):
+    """The deployment section, actions and routes of an environment."""
+
+    name = "deployments"
+    model = "environment"
+    order = 100
+    templates = {"sections": "deployments/_environment_section.html"}
+    viewset_mixins = (EnvironmentDeployActions,)
+    api_routes = (("deployments", DeploymentViewSet, "deployment"),)
+    html_urls = "deployments.urls"
+
+    def context(self, page: Page) -> dict[str, Any]:
+        return environment_context(page.request, page.obj, show_details=page.show_details, may_change=page.may_change)
+
+    def serializer_fields(self) -> dict[str, Any]:
+        return {
+            "webhook_url": WebhookUrlField(
+                project_of=lambda environment: environment.project,
+                help_text="The project's git webhook URL (pushes to ``git_ref`` deploy here when ``auto_deploy`` "
+                "is on).",
+            )
+        }
+
+
+class ProjectWebhooks(Contribution):
+    """A project's git webhook: its URL in the representation and the secret rotation."""
+
+    name = "deployments.webhooks"
+    model = "project"
+    order = 100
+    viewset_mixins = (ProjectWebhookActions,)
+
+    def serializer_fields(self) -> dict[str, Any]:
+        return {
+            "webhook_url": WebhookUrlField(
+                project_of=lambda project: project,
+                help_text="Where the git host sends push events (``/hooks/git/<webhook_id>/``).",
+            )
+        }
