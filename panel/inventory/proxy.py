@@ -27,7 +27,7 @@ from django.utils import timezone
 from panel.compose import compose_file_text
 from panel.inventory.certificates import served_certificate
 from panel.inventory.models import Environment, Server
-from panel.inventory.services import server_job
+from panel.inventory.services import server_hold, server_job
 from panel.jobs.choices import JobKind
 from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
@@ -159,7 +159,7 @@ def check_domains(context: JobContext, server: Server, target: Target) -> list[s
     return wrong
 
 
-@handler(JobKind.INSTALL_PROXY)
+@handler(JobKind.INSTALL_PROXY, hold=server_hold)
 def install_proxy(context: JobContext) -> dict[str, Any]:
     """Install or update the server's Traefik: shared network, compose file, ``up -d``, and a check it runs."""
     server = Server.objects.get(pk=context.job.params["server_id"])

@@ -254,6 +254,37 @@ CHECKOUT_PROBE = (
 )
 
 
+# The server's own lock (``~/doodba-panel/.server/.panel-lock``), held by the jobs that change the server itself.
+SERVER_LOCK_DIRECTORY = ".server"
+# The compose project of the server's proxy (``panel.inventory.proxy.PROJECT``; not imported: proxy imports this
+# module). Its one-off containers are removed when a server job ends.
+SERVER_COMPOSE_PROJECT = "doodba-panel-proxy"
+
+
+def server_hold(context: JobContext) -> AbstractContextManager[Hold]:
+    """Hold the server (``flock`` on ``~/doodba-panel/.server/.panel-lock``) for the whole job.
+
+    *Prepare server* and *Install proxy* register it (``@handler(kind, hold=server_hold)``): two of them never run
+    on one server at once, even if the database lock is lost, and whatever they started there (``apt-get``,
+    ``docker network create``, ``docker compose up``) ends with the job, however it ends (worker killed, lease
+    lost). *Validate server* only reads and holds nothing.
+
+    Environment jobs (deploy, rollback, check) hold their environment's lock, not this one, so they may run while
+    a server job does: a server job only adds what is missing (networks, packages, the proxy's project) and never
+    stops or changes an environment's containers, and a deploy creates the networks it needs itself.
+    """
+    server = Server.objects.get(pk=context.job.params["server_id"])
+    return hold(
+        Target.for_server(server),
+        job_id=context.job.pk,
+        directory=f"{settings.DEPLOY_ROOT}/{SERVER_LOCK_DIRECTORY}",
+        compose_project=SERVER_COMPOSE_PROJECT,
+        wait=settings.JOB_SERVER_LOCK_WAIT,
+        on_message=context.write,
+        subject="this server",
+    )
+
+
 def start_prepare(*, server: Server, actor: Any, install: bool = False, trigger: str = "user") -> Job:
     """Queue a *Prepare server* job (one job at a time per server, like validation).
 
@@ -280,7 +311,7 @@ def _report_tools(context: JobContext, tools: prepare.Tools, username: str) -> N
     context.write(f"{username} {may}; OS: {tools.os_id or '?'} {tools.os_codename}".rstrip() + ".")
 
 
-@handler(JobKind.PREPARE_SERVER)
+@handler(JobKind.PREPARE_SERVER, hold=server_hold)
 def prepare_server(context: JobContext) -> dict[str, Any]:
     """Check Docker, the compose v2 plugin and git (installing them when asked and allowed), then create the
     external networks of every environment already checked out on the server.

@@ -74,8 +74,11 @@ _CURRENT: ContextVar[Hold | None] = ContextVar("panel_remote_hold", default=None
 class Hold:
     """The lock channel of one job on one server, and the tag of the commands it runs there."""
 
-    def __init__(self, target: Target, *, job_id: int, directory: str, compose_project: str) -> None:
+    def __init__(
+        self, target: Target, *, job_id: int, directory: str, compose_project: str, subject: str = "this environment"
+    ) -> None:
         self.target = target
+        self.subject = subject  # whose lock it is, for the log: "this environment", "this server"
         self.job_id = job_id
         self.directory = directory
         self.compose_project = compose_project
@@ -133,23 +136,21 @@ class Hold:
             while True:
                 line = reader.readline().strip()
                 if line == "locked":
-                    on_message(f"Holding this environment's lock on {self.target.label}.")
+                    on_message(f"Holding {self.subject}'s lock on {self.target.label}.")
                     return
                 if line.startswith("busy"):
                     holder = line.partition(" ")[2].strip()
                     who = f"job #{holder}" if holder.isascii() and holder.isdigit() else "another job"
-                    on_message(f"Waiting up to {wait:g} s for {who} to release this environment's lock on the server…")
+                    on_message(f"Waiting up to {wait:g} s for {who} to release {self.subject}'s lock on the server…")
                     continue
                 if line == "timeout":
                     raise ServerLockBusy(
-                        f"Another job still holds this environment's lock on {self.target.label} after {wait:g} s: "
-                        "two jobs never change one environment at once. Try again when it has finished."
+                        f"Another job still holds {self.subject}'s lock on {self.target.label} after {wait:g} s: "
+                        f"two jobs never change one {self.subject.split()[-1]} at once. Try again when it has finished."
                     )
-                raise RemoteError(
-                    f"Could not take this environment's lock on {self.target.label} (is flock installed?)."
-                )
+                raise RemoteError(f"Could not take {self.subject}'s lock on {self.target.label} (is flock installed?).")
         except TimeoutError as exc:
-            raise Unreachable(f"{self.target.label} did not answer while taking the environment's lock.") from exc
+            raise Unreachable(f"{self.target.label} did not answer while taking {self.subject}'s lock.") from exc
         except BaseException:
             self._close_channel()
             raise
@@ -207,9 +208,13 @@ def hold(
     compose_project: str,
     wait: float,
     on_message: Callable[[str], None],
+    subject: str = "this environment",
 ) -> Iterator[Hold]:
-    """Hold the environment's lock on the server for the block; every command to ``target`` in it is tagged."""
-    current = Hold(target, job_id=job_id, directory=directory, compose_project=compose_project)
+    """Hold the lock in ``directory`` on the server for the block; every command to ``target`` in it is tagged.
+
+    ``subject`` says in the log whose lock it is ("this environment", "this server").
+    """
+    current = Hold(target, job_id=job_id, directory=directory, compose_project=compose_project, subject=subject)
     current.acquire(wait=wait, on_message=on_message)
     token = _CURRENT.set(current)
     try:

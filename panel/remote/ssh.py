@@ -38,10 +38,13 @@ from panel.remote.errors import (
 
 if TYPE_CHECKING:
     from panel.inventory.models import Server
+    from panel.remote.session import Hold
 
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+# paramiko keeps one pending global-request reply per transport: one liveness probe at a time.
+_PROBE_LOCK = threading.Lock()
 OutputCallback = Callable[[str, str], None]  # (stream "out" | "err", line without newline)
 
 
@@ -397,10 +400,10 @@ def run(
                 break
             now = time.monotonic()
             if now - started > timeout:
-                raise CommandTimeout(f"{name} did not finish within {timeout:g} s on {target.label}.")
+                raise _timed_out(target, channel, held, f"{name} did not finish within {timeout:g} s", "")
             if now - last_output > idle_timeout:
-                raise CommandTimeout(
-                    f"{name} produced no output for {idle_timeout:g} s on {target.label}; it was stopped."
+                raise _timed_out(
+                    target, channel, held, f"{name} produced no output for {idle_timeout:g} s", "; it was stopped"
                 )
             if should_stop is not None and should_stop():
                 raise CommandTimeout(f"{name} was stopped on request.")
@@ -417,6 +420,51 @@ def run(
         out.close()
         err.close()
         return channel.recv_exit_status()
+
+
+def answers(transport: paramiko.Transport, within: float) -> bool:
+    """Whether the server still answers on ``transport``: a keepalive request that wants a reply, replied to
+    within ``within`` seconds (sshd answers it from its main loop, however busy the command is)."""
+    replied = threading.Event()
+
+    def ask() -> None:
+        try:
+            transport.global_request("keepalive@openssh.com", wait=True)
+        except (paramiko.SSHException, EOFError, OSError):  # the transport broke: no answer
+            return
+        if transport.is_active():
+            replied.set()
+
+    if not _PROBE_LOCK.acquire(timeout=within):
+        return True  # another probe is under way; do not judge the server on a lock
+    try:
+        threading.Thread(target=ask, name="ssh-alive", daemon=True).start()
+        return replied.wait(within)
+    finally:
+        _PROBE_LOCK.release()
+
+
+def _timed_out(target: Target, channel: paramiko.Channel, held: Hold | None, what: str, tail: str) -> RemoteError:
+    """The error of a command that ran out of time (``what`` on ``target``).
+
+    If the server does not answer a keepalive either (``SSH_BANNER_TIMEOUT``), it stopped answering altogether
+    (down, paused, cut off): say so, and close the connection instead of waiting on it. The next operation then
+    reconnects, and a job's hold ends at once: the server ends the job's commands when it sees the connection
+    close, and nothing of the job waits for a server that does not answer.
+    """
+    transport = channel.get_transport()
+    within = settings.SSH_BANNER_TIMEOUT
+    if transport is None or answers(transport, within):
+        return CommandTimeout(f"{what} on {target.label}{tail}.")
+    message = (
+        f"{target.label} stopped answering over SSH: {what}, and the server did not answer a keepalive within "
+        f"{within:g} s either. It is down, overloaded or cut off from the panel: check it, then run the job again."
+    )
+    logger.warning("%s: closing the connection", message)
+    transport.close()
+    if held is not None:
+        held.abort(message)
+    return Unreachable(message)
 
 
 def run_capture(
