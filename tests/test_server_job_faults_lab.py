@@ -5,6 +5,7 @@ lock is free for the next job.
 - The worker is SIGKILLed while Prepare server creates a network, and while Install proxy runs ``compose up``:
   the reaper ends the job *interrupted*, the server ends the job's processes (so the network and the proxy are
   never made by the dead job), and the same job run again succeeds at once.
+- The database lock of a Prepare server is deleted: a second one waits for the first one's lock on the server.
 - PostgreSQL stops for longer than the lease during Prepare server: the job ends its work on the server at once
   (before the database is back), then ends *interrupted* saying the database was unreachable, with every log
   line kept.
@@ -239,6 +240,31 @@ def test_it_interrupts_a_proxy_install_whose_worker_died_and_leaves_nothing_runn
     assert "Traefik runs and listens on" in text
     assert len(proxy_containers(lab1)) == 1
     assert tagged_processes(lab1, again) == []
+
+
+def test_it_never_runs_two_prepares_at_once_on_a_server_without_the_database_lock(
+    jobs_worker: Any, bare_lab1: Any, lab_sample: Any, demo_project: Any, docker_shim: DockerShim,
+    users: dict[str, Any], orgs: dict[str, Any],
+) -> None:  # fmt: skip
+    lab1 = bare_lab1
+    server = prepared_server(lab1, lab_sample, demo_project, users, orgs)
+    docker_shim.install('*" network create "*', seconds=6)
+    first = start_prepare(server=server, actor=users["alice"])
+    docker_shim.wait_caught(first)
+    # The database lock is gone (a bug, a manual edit): the database lets a second server job start.
+    Job.objects.filter(pk=first.pk).update(lock_key=None)
+    second = start_prepare(server=server, actor=users["alice"])
+    wait_for_line(second, rf"^Waiting up to .* for job #{first.pk} to release this server's lock", timeout=60)
+    first, second = wait_job(first, timeout=120), wait_job(second, timeout=120)
+    assert first.status == "succeeded", first.reason
+    assert second.status == "succeeded", second.reason
+    # The second ran only once the first had finished its work on the server.
+    created = JobLogLine.objects.get(job=first, text__startswith="Created 1 network: inverseproxy_shared").ts
+    held_at = JobLogLine.objects.get(job=second, text__startswith="Holding this server's lock on ").ts
+    assert held_at >= created, "the second prepare ran while the first did"
+    assert first.result["created"] == ["inverseproxy_shared"]
+    assert second.result["created"] == [] and second.result["present"] == ["inverseproxy_shared"]
+    assert docker_shim.caught(second) == [], "the second prepare created the network again"
 
 
 def test_it_stops_a_prepare_whose_database_went_away_and_leaves_nothing_running(
