@@ -199,6 +199,18 @@ SSH_MAX_CHANNELS = envint("SSH_MAX_CHANNELS", 8, minimum=1)
 # Refuse git remotes on loopback/private/link-local addresses or on the server's disk (SSRF policy).
 PANEL_BLOCK_PRIVATE_GIT_HOSTS = envbool("PANEL_BLOCK_PRIVATE_GIT_HOSTS", False)
 
+# Backup storage (backups.storage). Local storages live under one of these directories on the panel host; S3
+# endpoints that resolve to loopback/private/link-local addresses are refused with the SSRF policy on.
+BACKUP_LOCAL_ROOTS = envlist("BACKUP_LOCAL_ROOTS", str(DATA_DIR / "backups"))
+PANEL_BLOCK_PRIVATE_S3_ENDPOINTS = envbool("PANEL_BLOCK_PRIVATE_S3_ENDPOINTS", False)
+# Multipart part size for S3 uploads (MiB); grown for large expected sizes so an upload stays within S3's
+# 10,000 parts. Unknown sizes use BACKUP_S3_UNKNOWN_SIZE_GIB to choose it.
+BACKUP_S3_PART_SIZE_MB = envint("BACKUP_S3_PART_SIZE_MB", 16, minimum=5)
+BACKUP_S3_UNKNOWN_SIZE_GIB = envint("BACKUP_S3_UNKNOWN_SIZE_GIB", 1024, minimum=1)
+BACKUP_S3_CONNECT_TIMEOUT = envfloat("BACKUP_S3_CONNECT_TIMEOUT", 10.0)
+BACKUP_S3_READ_TIMEOUT = envfloat("BACKUP_S3_READ_TIMEOUT", 120.0)
+BACKUP_S3_MAX_ATTEMPTS = envint("BACKUP_S3_MAX_ATTEMPTS", 5, minimum=1)
+
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")
 DEPLOY_BUILD_TIMEOUT = envfloat("DEPLOY_BUILD_TIMEOUT", 3600.0)
@@ -262,6 +274,9 @@ ACME_EMAIL = envstr("ACME_EMAIL", "")
 PROXY_TRAEFIK_IMAGE = envstr("PROXY_TRAEFIK_IMAGE", "traefik:v3.3")
 # How long an Install proxy job waits, in all, for Traefik to replace its placeholder certificates with issued ones.
 PROXY_CERTIFICATE_WAIT = envfloat("PROXY_CERTIFICATE_WAIT", 60.0)
+# A deploy of an environment whose domain has no certificate yet waits this long (in all) for Docker's health check
+# to let Traefik route it and for the proxy to get the certificate.
+DEPLOY_CERTIFICATE_WAIT = envfloat("DEPLOY_CERTIFICATE_WAIT", 120.0)
 
 # The most items one API list page returns, whatever ?limit= asks for.
 API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 1000, minimum=1)
