@@ -203,13 +203,30 @@ PANEL_BLOCK_PRIVATE_GIT_HOSTS = envbool("PANEL_BLOCK_PRIVATE_GIT_HOSTS", False)
 # endpoints that resolve to loopback/private/link-local addresses are refused with the SSRF policy on.
 BACKUP_LOCAL_ROOTS = envlist("BACKUP_LOCAL_ROOTS", str(DATA_DIR / "backups"))
 PANEL_BLOCK_PRIVATE_S3_ENDPOINTS = envbool("PANEL_BLOCK_PRIVATE_S3_ENDPOINTS", False)
-# Multipart part size for S3 uploads (MiB); grown for large expected sizes so an upload stays within S3's
-# 10,000 parts. Unknown sizes use BACKUP_S3_UNKNOWN_SIZE_GIB to choose it.
+# Smallest multipart part size of S3 uploads (MiB); larger for large expected sizes, and doubled every 1,000 parts,
+# so that every upload stays within S3's 10,000 parts.
 BACKUP_S3_PART_SIZE_MB = envint("BACKUP_S3_PART_SIZE_MB", 16, minimum=5)
-BACKUP_S3_UNKNOWN_SIZE_GIB = envint("BACKUP_S3_UNKNOWN_SIZE_GIB", 1024, minimum=1)
 BACKUP_S3_CONNECT_TIMEOUT = envfloat("BACKUP_S3_CONNECT_TIMEOUT", 10.0)
 BACKUP_S3_READ_TIMEOUT = envfloat("BACKUP_S3_READ_TIMEOUT", 120.0)
 BACKUP_S3_MAX_ATTEMPTS = envint("BACKUP_S3_MAX_ATTEMPTS", 5, minimum=1)
+
+# Backup schedules (backups.schedule): cron expressions in the environment's time zone; '' means no schedule.
+BACKUP_SCHEDULE_PRODUCTION = envstr("BACKUP_SCHEDULE_PRODUCTION", "0 3 * * *")
+BACKUP_SCHEDULE_OTHER = envstr("BACKUP_SCHEDULE_OTHER", "")
+BACKUP_SCHEDULE_MIN_INTERVAL_MINUTES = envint("BACKUP_SCHEDULE_MIN_INTERVAL_MINUTES", 60, minimum=1)
+# Retention (backups.retention): grandfather-father-son slots, the pre-deploy dumps' own short retention, and how
+# long an unverified backup is kept while its verification may still run.
+BACKUP_KEEP_DAILY = envint("BACKUP_KEEP_DAILY", 7, minimum=0)
+BACKUP_KEEP_WEEKLY = envint("BACKUP_KEEP_WEEKLY", 4, minimum=0)
+BACKUP_KEEP_MONTHLY = envint("BACKUP_KEEP_MONTHLY", 3, minimum=0)
+BACKUP_KEEP_PRE_DEPLOY = envint("BACKUP_KEEP_PRE_DEPLOY", 3, minimum=0)
+BACKUP_KEEP_PRE_DEPLOY_DAYS = envint("BACKUP_KEEP_PRE_DEPLOY_DAYS", 14, minimum=0)
+BACKUP_KEEP_UNVERIFIED_HOURS = envint("BACKUP_KEEP_UNVERIFIED_HOURS", 24, minimum=0)
+# Odoo dump zips (backups.odoozip): limits on an uploaded zip, checked before anything is extracted.
+BACKUP_ZIP_MAX_MEMBERS = envint("BACKUP_ZIP_MAX_MEMBERS", 1_000_000, minimum=1)
+BACKUP_ZIP_MAX_MEMBER_GIB = envint("BACKUP_ZIP_MAX_MEMBER_GIB", 256, minimum=1)
+BACKUP_ZIP_MAX_TOTAL_GIB = envint("BACKUP_ZIP_MAX_TOTAL_GIB", 512, minimum=1)
+BACKUP_ZIP_MAX_RATIO = envint("BACKUP_ZIP_MAX_RATIO", 200, minimum=1)
 
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")
