@@ -6,3 +6,10 @@ class BackupsConfig(AppConfig):
 
     name = "backups"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from backups.extensions import BackupStorages
+        from panel import extensions
+
+        # The backup storages' API collection (panel.extensions).
+        extensions.register(BackupStorages())

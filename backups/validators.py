@@ -72,8 +72,14 @@ def validate_endpoint_url(value: str) -> None:
     """An http(s) endpoint without credentials, query or fragment, allowed by the SSRF policy."""
     if value == "":
         return
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:  # an unbalanced '[' (IPv6) or a bad port
+        _fail("Enter an http:// or https:// endpoint URL.")
+        return
+    if parts.scheme not in ("http", "https") or not hostname:
         _fail("Enter an http:// or https:// endpoint URL.")
     if parts.username or parts.password or parts.query or parts.fragment or "@" in parts.netloc:
         _fail("The endpoint URL takes no credentials, query or fragment (the keys have their own fields).")
@@ -88,7 +94,7 @@ def blocked_address(host: str) -> str | None:
     """
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):
         _fail(f"The host {host} cannot be resolved.")
         return None
     for address in sorted(addresses):
@@ -111,7 +117,11 @@ def check_endpoint_policy(value: str) -> None:
     connection (a name may resolve elsewhere later)."""
     if not getattr(settings, "PANEL_BLOCK_PRIVATE_S3_ENDPOINTS", False) or not value:
         return
-    host = urlsplit(value).hostname or ""
+    try:
+        host = urlsplit(value).hostname or ""
+    except ValueError:
+        _fail("Enter an http:// or https:// endpoint URL.")
+        return
     address = blocked_address(host)
     if address is not None:
         _fail(

@@ -1,0 +1,120 @@
+"""API of backup storages: ``/api/v1/backup-storages/`` (registered through ``panel.extensions``).
+
+Like servers: owners and operators of an organization create and change its storages, viewers read them,
+customers never see them, and another organization's storage answers 404. The secret access key is write-only
+(``secret_access_key_set`` says whether one is stored); the encryption keyset is never accepted nor shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models, transaction
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import serializers
+
+from backups.models import BackupStorage
+from panel.accounts.api.serializers import PanelModelSerializer, ScopedRelatedField, api_validation_error, request_user
+from panel.accounts.api.views import ScopedModelViewSet
+from panel.accounts.models import Organization
+from panel.accounts.services import record
+
+ACCESS_KEY_RE = r"^[A-Za-z0-9+/=_.-]{1,128}$"
+SECRET_KEY_RE = r"^[\x21-\x7e]{1,256}$"
+
+
+class BackupStorageSerializer(PanelModelSerializer):
+    """A local directory or an S3-compatible bucket that backups are written to."""
+
+    organization = ScopedRelatedField(Organization)
+    access_key_id = serializers.RegexField(
+        ACCESS_KEY_RE, required=False, allow_blank=True, max_length=128, help_text="S3 access key id."
+    )
+    secret_access_key = serializers.RegexField(
+        SECRET_KEY_RE,
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=256,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text="S3 secret access key. Never returned; leave it out to keep the stored one.",
+    )
+    secret_access_key_set = serializers.SerializerMethodField(help_text="A secret access key is stored.")
+
+    class Meta:
+        model = BackupStorage
+        fields = [
+            "id",
+            "organization",
+            "name",
+            "kind",
+            "path",
+            "endpoint_url",
+            "region",
+            "bucket",
+            "addressing_style",
+            "prefix",
+            "access_key_id",
+            "secret_access_key",
+            "secret_access_key_set",
+            "encrypt",
+            "created_at",
+        ]
+        read_only_fields = ["created_at"]
+        create_only = ["organization", "kind"]
+
+    def get_secret_access_key_set(self, obj: BackupStorage) -> bool:
+        return bool(obj.secret_access_key)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """Every model validator and the per-kind rules, on the storage as it would be saved."""
+        candidate = BackupStorage() if self.instance is None else BackupStorage.objects.get(pk=self.instance.pk)
+        for name, value in attrs.items():
+            if name == "secret_access_key" and not value:
+                continue  # blank keeps the stored one
+            setattr(candidate, name, value)
+        try:
+            candidate.full_clean(exclude=["encryption_keyset"])
+        except DjangoValidationError as exc:
+            raise api_validation_error(exc) from exc
+        return attrs
+
+    def create(self, validated_data: dict[str, Any]) -> BackupStorage:
+        with transaction.atomic():
+            storage = BackupStorage.objects.create(**validated_data)
+            record(action="backup_storage.created", actor=request_user(self), obj=storage)
+        return storage
+
+    def update(self, instance: BackupStorage, validated_data: dict[str, Any]) -> BackupStorage:
+        if not validated_data.get("secret_access_key", "x"):
+            validated_data.pop("secret_access_key")
+        changed = sorted(name for name, value in validated_data.items() if getattr(instance, name) != value)
+        with transaction.atomic():
+            for name, value in validated_data.items():
+                setattr(instance, name, value)
+            instance.save()
+            if changed:  # the names of the fields, never their values
+                record(
+                    action="backup_storage.updated",
+                    actor=request_user(self),
+                    obj=instance,
+                    detail={"fields": changed},
+                )
+        return instance
+
+
+@extend_schema_view(
+    list=extend_schema(description="Backup storages of the organizations the caller sees details of."),
+    create=extend_schema(description="Add a storage: kind `local` (path) or `s3` (bucket, keys, endpoint)."),
+)
+class BackupStorageViewSet(ScopedModelViewSet):
+    """Where backups are stored. Owners and operators change them, viewers read them, customers never see them."""
+
+    model = BackupStorage
+    audit_name = "backup_storage"
+    serializer_class = BackupStorageSerializer
+
+    def base_queryset(self) -> models.QuerySet[BackupStorage]:
+        return BackupStorage.objects.select_related("organization")
