@@ -223,7 +223,7 @@ BACKUP_KEEP_PRE_DEPLOY = envint("BACKUP_KEEP_PRE_DEPLOY", 3, minimum=0)
 BACKUP_KEEP_PRE_DEPLOY_DAYS = envint("BACKUP_KEEP_PRE_DEPLOY_DAYS", 14, minimum=0)
 BACKUP_KEEP_UNVERIFIED_HOURS = envint("BACKUP_KEEP_UNVERIFIED_HOURS", 24, minimum=0)
 # Odoo dump zips (backups.odoozip): limits on an uploaded zip, checked before anything is extracted.
-BACKUP_ZIP_MAX_MEMBERS = envint("BACKUP_ZIP_MAX_MEMBERS", 1_000_000, minimum=1)
+BACKUP_ZIP_MAX_MEMBERS = envint("BACKUP_ZIP_MAX_MEMBERS", 500_000, minimum=1)
 BACKUP_ZIP_MAX_MEMBER_GIB = envint("BACKUP_ZIP_MAX_MEMBER_GIB", 256, minimum=1)
 BACKUP_ZIP_MAX_TOTAL_GIB = envint("BACKUP_ZIP_MAX_TOTAL_GIB", 512, minimum=1)
 BACKUP_ZIP_MAX_RATIO = envint("BACKUP_ZIP_MAX_RATIO", 200, minimum=1)

@@ -443,6 +443,10 @@ def test_it_reads_its_limits_from_settings():
         OdooDumpReader(io.BytesIO(build_zip([("filestore/a", b"1"), ("filestore/b", b"2")])))
 
 
+def test_it_has_the_same_defaults_in_settings_and_code():
+    assert ZipLimits.from_settings() == ZipLimits()
+
+
 def test_it_checks_member_names_for_the_writer_too():
     check_member_name("filestore/ab/abcdef")
     check_member_name("filestore/")

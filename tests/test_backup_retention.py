@@ -198,6 +198,11 @@ def test_it_reads_the_policy_from_settings_with_per_environment_overrides():
     assert RetentionPolicy() == RetentionPolicy(daily=7, weekly=4, monthly=3)
 
 
+@override_settings(TIME_ZONE="UTC")
+def test_it_has_the_same_defaults_in_settings_and_code():
+    assert RetentionPolicy.from_settings() == RetentionPolicy()
+
+
 def test_it_deletes_only_files_no_kept_backup_lists():
     kept = [{"ab/ab1", "cd/cd2"}, ["ef/ef3"]]
     pruned = [{"ab/ab1", "zz/zz9"}, ("ef/ef3", "yy/yy8")]
