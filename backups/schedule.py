@@ -200,7 +200,9 @@ def is_due(expr: str, tz: str, last_started: datetime | None, now: datetime) -> 
     Due when a run of the schedule fell in ``(last_started, now]``. However many runs were missed while the panel
     was down, the answer is one backup: once it starts, ``last_started`` moves past them all. ``last_started=None``
     (the environment has never been backed up by its schedule) is due at once, so a new environment does not
-    wait for its first run to have a backup. A ``last_started`` in the future (clock skew) is not due.
+    wait for its first run to have a backup. A ``last_started`` in the future (clock skew) is not due. A schedule
+    that no longer validates (say its time zone left the tz database) raises ValidationError: the fan-out should
+    log it against the environment and go on with the others.
     """
     _aware("now", now)
     if last_started is None:

@@ -279,7 +279,10 @@ def local_buckets(moment: datetime, zone: ZoneInfo) -> dict[str, str]:
     }
 
 
-HYPOTHESIS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# No example database: nothing is written into the work tree; a failure prints the example to reproduce it.
+HYPOTHESIS = settings(
+    max_examples=300, deadline=None, database=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @HYPOTHESIS
