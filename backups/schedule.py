@@ -217,6 +217,30 @@ def is_due(expr: str, tz: str, last_started: datetime | None, now: datetime) -> 
         return False
 
 
+def overdue_since(
+    expr: str, tz: str, newest_verified_at: datetime | None, now: datetime, *, grace: timedelta | None = None
+) -> datetime | None:
+    """Since when an environment's backups are overdue, or None when they are not (the flag of the backups page and
+    the event for monitoring).
+
+    Overdue once a run of the schedule after the newest verified backup has passed by more than ``grace`` (default:
+    the BACKUP_OVERDUE_GRACE_MINUTES setting, time for the backup to run and be verified) without a newer verified
+    backup. The answer is that run plus the grace. An environment without any verified backup is overdue since
+    ``now``. A schedule that never fires again is never overdue.
+    """
+    _aware("now", now)
+    if grace is None:
+        grace = timedelta(minutes=settings.BACKUP_OVERDUE_GRACE_MINUTES)
+    if newest_verified_at is None:
+        return now
+    _aware("newest_verified_at", newest_verified_at)
+    try:
+        deadline = next_run(expr, tz, newest_verified_at).astimezone(UTC) + grace
+    except ValueError:
+        return None
+    return deadline if deadline <= now.astimezone(UTC) else None
+
+
 def describe(expr: str) -> str:
     """The schedule in words (cronsim's explanation), e.g. 'At 03:00'; the expression itself when unavailable."""
     normalized = _expression(expr)

@@ -214,6 +214,8 @@ BACKUP_S3_MAX_ATTEMPTS = envint("BACKUP_S3_MAX_ATTEMPTS", 5, minimum=1)
 BACKUP_SCHEDULE_PRODUCTION = envstr("BACKUP_SCHEDULE_PRODUCTION", "0 3 * * *")
 BACKUP_SCHEDULE_OTHER = envstr("BACKUP_SCHEDULE_OTHER", "")
 BACKUP_SCHEDULE_MIN_INTERVAL_MINUTES = envint("BACKUP_SCHEDULE_MIN_INTERVAL_MINUTES", 60, minimum=1)
+# An environment is flagged when a scheduled run passed this long ago without a newer verified backup.
+BACKUP_OVERDUE_GRACE_MINUTES = envint("BACKUP_OVERDUE_GRACE_MINUTES", 240, minimum=0)
 # Retention (backups.retention): grandfather-father-son slots, the pre-deploy dumps' own short retention, and how
 # long an unverified backup is kept while its verification may still run.
 BACKUP_KEEP_DAILY = envint("BACKUP_KEEP_DAILY", 7, minimum=0)

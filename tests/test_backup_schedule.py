@@ -11,7 +11,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import override_settings
 
-from backups.schedule import default_schedule, describe, is_due, next_run, validate_schedule
+from backups.schedule import default_schedule, describe, is_due, next_run, overdue_since, validate_schedule
 
 MADRID = ZoneInfo("Europe/Madrid")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -198,3 +198,29 @@ def test_it_describes_schedules_and_gives_production_a_daily_default():
     assert describe("@hourly") == "At the start of every hour"
     assert default_schedule(production=True) == "0 2 * * *"
     assert default_schedule(production=False) == ""
+
+
+def test_it_flags_an_environment_whose_newest_verified_backup_is_older_than_its_schedule_allows():
+    verified = datetime(2026, 12, 1, 3, 20, tzinfo=UTC)  # the 03:00 backup, verified at 03:20
+    grace = timedelta(hours=4)
+    # The next run is at 03:00 on the 2nd: flagged from 07:00 on, until a newer backup is verified.
+    assert overdue_since("0 3 * * *", "UTC", verified, datetime(2026, 12, 2, 6, 59, tzinfo=UTC), grace=grace) is None
+    assert overdue_since("0 3 * * *", "UTC", verified, datetime(2026, 12, 2, 7, 0, tzinfo=UTC), grace=grace) == (
+        datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
+    )
+    assert overdue_since("0 3 * * *", "UTC", verified, datetime(2026, 12, 9, tzinfo=UTC), grace=grace) == datetime(
+        2026, 12, 2, 7, 0, tzinfo=UTC
+    )
+    # In Madrid the run is at 02:00 UTC.
+    assert overdue_since("0 3 * * *", "Europe/Madrid", verified, datetime(2026, 12, 2, 6, 30, tzinfo=UTC), grace=grace)
+    # Never verified: overdue now. A schedule that never fires again: never overdue.
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    assert overdue_since("0 3 * * *", "UTC", None, now) == now
+    assert overdue_since("0 4 29 2 *", "UTC", datetime(2024, 2, 29, 5, tzinfo=UTC), now) is None
+
+
+@override_settings(BACKUP_OVERDUE_GRACE_MINUTES=30)
+def test_it_takes_the_overdue_grace_from_settings():
+    verified = datetime(2026, 12, 1, 3, 20, tzinfo=UTC)
+    assert overdue_since("0 3 * * *", "UTC", verified, datetime(2026, 12, 2, 3, 29, tzinfo=UTC)) is None
+    assert overdue_since("0 3 * * *", "UTC", verified, datetime(2026, 12, 2, 3, 30, tzinfo=UTC))
