@@ -13,8 +13,13 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models, transaction
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
 
 from backups.models import BackupStorage
+from backups.services import check_storage
+from backups.storage import StorageError
 from panel.accounts.api.serializers import PanelModelSerializer, ScopedRelatedField, api_validation_error, request_user
 from panel.accounts.api.views import ScopedModelViewSet
 from panel.accounts.models import Organization
@@ -105,6 +110,13 @@ class BackupStorageSerializer(PanelModelSerializer):
         return instance
 
 
+class StorageCheckSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The outcome of a storage check."""
+
+    ok = serializers.BooleanField(help_text="The storage stored, returned and deleted a test object.")
+    detail = serializers.CharField(help_text="What was done, or the step that failed and why.")
+
+
 @extend_schema_view(
     list=extend_schema(description="Backup storages of the organizations the caller sees details of."),
     create=extend_schema(description="Add a storage: kind `local` (path) or `s3` (bucket, keys, endpoint)."),
@@ -118,3 +130,15 @@ class BackupStorageViewSet(ScopedModelViewSet):
 
     def base_queryset(self) -> models.QuerySet[BackupStorage]:
         return BackupStorage.objects.select_related("organization")
+
+    @extend_schema(request=None, responses={200: StorageCheckSerializer})
+    @action(detail=True, methods=["post"])
+    def check(self, request: Request, pk: str | None = None) -> Response:
+        """Write a test object, read it back, verify and delete it (owners and operators)."""
+        storage = self.get_object()
+        try:
+            detail = check_storage(storage)
+        except StorageError as exc:
+            return Response({"ok": False, "detail": str(exc)})
+        record(action="backup_storage.checked", actor=request.user, obj=storage)
+        return Response({"ok": True, "detail": detail})

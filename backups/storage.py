@@ -461,13 +461,22 @@ class _LocalWriter(_RawWriter):
     def write(self, chunk: bytes) -> None:
         assert self._fd is not None
         view = memoryview(chunk)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:  # a full disk, a quota
+            raise StorageError(f"Writing {self._final}: {exc.strerror}.") from exc
         self.size += len(chunk)
         self.sha256.update(chunk)
 
     def commit(self, metadata: dict[str, str]) -> None:
+        try:
+            self._commit(metadata)
+        except OSError as exc:
+            raise StorageError(f"Storing {self._final}: {exc.strerror}.") from exc
+
+    def _commit(self, metadata: dict[str, str]) -> None:
         assert self._fd is not None
         os.fsync(self._fd)
         on_disk = os.fstat(self._fd).st_size
@@ -762,6 +771,7 @@ class S3Storage(Storage):
         access_key_id: str,
         secret_access_key: str,
         addressing_style: str = "auto",
+        max_attempts: int | None = None,
         **kwargs: Any,
     ) -> None:
         import boto3
@@ -777,7 +787,7 @@ class S3Storage(Storage):
             s3=cast(Any, {"addressing_style": addressing_style}),
             connect_timeout=settings.BACKUP_S3_CONNECT_TIMEOUT,
             read_timeout=settings.BACKUP_S3_READ_TIMEOUT,
-            retries={"max_attempts": settings.BACKUP_S3_MAX_ATTEMPTS, "mode": "standard"},
+            retries={"max_attempts": max_attempts or settings.BACKUP_S3_MAX_ATTEMPTS, "mode": "standard"},
         )
         # A session of its own: boto3's default session is shared and not thread-safe.
         self._client = boto3.session.Session().client(
@@ -874,9 +884,10 @@ class S3Storage(Storage):
         return removed
 
 
-def open_storage(backup_storage: BackupStorage) -> Storage:
+def open_storage(backup_storage: BackupStorage, *, max_attempts: int | None = None) -> Storage:
     """The ``Storage`` of a configured ``BackupStorage`` (the endpoint is checked against the SSRF policy again:
-    a name may resolve elsewhere than when it was saved)."""
+    a name may resolve elsewhere than when it was saved). ``max_attempts`` overrides ``BACKUP_S3_MAX_ATTEMPTS``
+    (a check made while someone waits gives up sooner)."""
     from backups.models import StorageKind
 
     common: dict[str, Any] = {
@@ -901,6 +912,7 @@ def open_storage(backup_storage: BackupStorage) -> Storage:
             access_key_id=backup_storage.access_key_id,
             secret_access_key=backup_storage.secret_access_key,
             addressing_style=backup_storage.addressing_style,
+            max_attempts=max_attempts,
             **common,
         )
     raise StorageError(f"Unknown storage kind {backup_storage.kind!r}.")

@@ -2,7 +2,8 @@
 
 ``s3_server`` is parametrized over both implementations; ``moto_s3`` / ``rclone_s3`` give one of them. Each
 test gets a bucket of its own (``s3_bucket``). ``backup_root`` makes a temporary directory the only
-``BACKUP_LOCAL_ROOTS`` entry. ``make_storage`` creates ``BackupStorage`` rows for either kind.
+``BACKUP_LOCAL_ROOTS`` entry. ``make_s3_storage`` / ``make_local_storage`` create ``BackupStorage`` rows.
+``counting_proxy`` counts the bytes sent to the S3 server.
 """
 
 from __future__ import annotations
@@ -69,6 +70,87 @@ def _wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen[b
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on port {port}")
+
+
+class CountingProxy:
+    """A TCP forwarder on loopback in front of an S3 server that counts the bytes clients send through it (to show
+    what an upload really transferred, e.g. that a second backup of an unchanged filestore sends only its
+    manifest). ``endpoint`` is the server as seen through the proxy."""
+
+    def __init__(self, target: S3Endpoint) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        self._target_port = int(urlsplit(target.url).port or 80)
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        port = int(self._listener.getsockname()[1])
+        self.endpoint = S3Endpoint(
+            target.name, f"http://127.0.0.1:{port}", target.access_key_id, target.secret_access_key, target.root
+        )
+        self._lock = threading.Lock()
+        self.sent = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.sent = 0
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, destination: socket.socket, count: bool) -> None:
+        try:
+            while True:
+                data = source.recv(256 * 1024)
+                if not data:
+                    break
+                if count:
+                    with self._lock:
+                        self.sent += len(data)
+                destination.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, destination):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self) -> None:
+        """Stop listening (a thread blocked in accept() keeps a listener open until it is shut down)."""
+        self._closed = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def counting_proxy(s3_server: S3Endpoint) -> Iterator[CountingProxy]:
+    """A ``CountingProxy`` in front of ``s3_server``."""
+    proxy = CountingProxy(s3_server)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @pytest.fixture(scope="session")

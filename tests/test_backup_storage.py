@@ -26,7 +26,7 @@ from backups.storage import (
     part_size_for,
     validate_key,
 )
-from tests.backup_fixtures import S3Endpoint, make_local_storage, make_s3_storage
+from tests.backup_fixtures import CountingProxy, S3Endpoint, make_local_storage, make_s3_storage
 
 pytestmark = pytest.mark.django_db
 
@@ -456,3 +456,20 @@ def test_it_requires_what_each_kind_needs(orgs: dict[str, Any], backup_root: Pat
     with pytest.raises(ValidationError) as s3_error:
         BackupStorage(organization=orgs["a"], name="s", kind="s3", path=str(backup_root)).full_clean()
     assert set(s3_error.value.message_dict) >= {"bucket", "access_key_id", "secret_access_key", "path"}
+
+
+def test_it_sends_each_byte_once_and_fails_cleanly_when_the_store_is_unreachable(
+    orgs: dict[str, Any], counting_proxy: CountingProxy, s3_bucket: str, small_parts: None, settings: Any
+) -> None:
+    storage = open_storage(make_s3_storage(orgs["a"], counting_proxy.endpoint, s3_bucket))
+    counting_proxy.reset()
+    write(storage, "backups/9/db.dump", pattern(12 * MiB, seed=9))
+    # Three parts and the requests around them: the bytes once, plus a few KiB of HTTP.
+    assert 12 * MiB < counting_proxy.sent < 12 * MiB + 64 * 1024
+    counting_proxy.close()
+    settings.BACKUP_S3_MAX_ATTEMPTS = 1
+    storage = open_storage(make_s3_storage(orgs["a"], counting_proxy.endpoint, s3_bucket, name="gone"))
+    with pytest.raises(StorageError, match="Uploading backups/9/small"):
+        storage.put_bytes("backups/9/small", b"x" * 100)
+    with pytest.raises(StorageError, match="Starting the upload"):
+        write(storage, "backups/9/large", pattern(6 * MiB))

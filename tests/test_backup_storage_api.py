@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,42 @@ def test_it_stores_through_a_storage_created_by_the_api(
     assert stored.encrypted and [o.key for o in storage.list()] == ["probe"]
     with storage.reader("probe", expected=stored) as stream:
         assert stream.read() == b"hello"
+
+
+def test_it_checks_that_a_storage_really_stores(
+    alice: APIClient, users: dict[str, Any], orgs: dict[str, Any], rclone_s3: S3Endpoint, settings: Any
+) -> None:
+    rclone_s3.client().create_bucket(Bucket="api-check")
+    body = s3_body(
+        orgs,
+        endpoint_url=rclone_s3.url,
+        bucket="api-check",
+        region="us-east-1",
+        addressing_style="path",
+        access_key_id=rclone_s3.access_key_id,
+        secret_access_key=rclone_s3.secret_access_key,
+    )
+    storage_id = alice.post(URL, body, format="json").json()["id"]
+    response = alice.post(f"{URL}{storage_id}/check/")
+    assert response.status_code == 200 and response.json()["ok"] is True, response.json()
+    assert "read them back with the same SHA-256" in response.json()["detail"]
+    assert open_storage(BackupStorage.objects.get(pk=storage_id)).stat("x") is None
+    assert list(open_storage(BackupStorage.objects.get(pk=storage_id)).list()) == []
+    # Wrong credentials: the check says so (a listing-only check might not).
+    response = alice.patch(f"{URL}{storage_id}/", {"secret_access_key": "wrong-secret-000"}, format="json")
+    assert response.status_code == 200
+    wrong = alice.post(f"{URL}{storage_id}/check/").json()
+    assert wrong["ok"] is False and "wrong-secret" not in wrong["detail"], wrong
+    assert "SignatureDoesNotMatch" in wrong["detail"] or "AccessDenied" in wrong["detail"], wrong
+    # Nothing listens on the endpoint any more.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    alice.patch(f"{URL}{storage_id}/", {"endpoint_url": f"http://127.0.0.1:{port}"}, format="json")
+    started = time.monotonic()
+    failed = alice.post(f"{URL}{storage_id}/check/").json()
+    assert failed["ok"] is False and "Uploading panel/panel-check/" in failed["detail"]
+    assert time.monotonic() - started < 30
+    for name in ("bob", "victor", "carol"):
+        response = client_for(users[name]).post(f"{URL}{storage_id}/check/")
+        assert (response.status_code, response.json()) == (404, NOT_FOUND)
