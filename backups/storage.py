@@ -58,6 +58,8 @@ PART_GROWTH_EVERY = 1_000
 ENCRYPTED_MAGIC = b"DPTINK1\n"
 SHA256_METADATA = "sha256"
 PLAIN_SHA256_METADATA = "plain-sha256"
+ENCRYPTED_METADATA = "encrypted"
+ENCRYPTED_FORMAT = "tink-streaming-aead"
 KEY_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 KEY_MAX_LENGTH = 900
 CHUNK = 1 * MiB
@@ -371,7 +373,7 @@ class Storage(ABC):
         if expected_size is not None:
             # Tink adds a header and 16 bytes per 1 MiB segment.
             stored_size = expected_size + (expected_size // MiB + 2) * 16 + 64 if self._encrypt else expected_size
-        raw = self._raw_writer(self.prefix + key, stored_size)
+        raw = self._raw_writer(self.prefix + key, stored_size, encrypted=self._encrypt)
         return ObjectWriter(
             raw, key, keyset=self._keyset if self._encrypt else None, expected_size=expected_size, exact=exact
         )
@@ -411,9 +413,24 @@ class Storage(ABC):
             raise IntegrityError(f"{key} is not encrypted, but this storage encrypts its objects.")
         return io.BufferedReader(_Prepended(head, source), CHUNK)  # type: ignore[return-value]
 
-    def verify(self, key: str, expected: StoredObject) -> StoredObject:
-        """Read the whole object back and check it against ``expected`` (IntegrityError when it differs)."""
-        with self.reader(key, expected=expected) as stream:
+    def verify(self, key: str, expected: StoredObject, *, decrypt: bool = True) -> StoredObject:
+        """Read the whole object back and check it against ``expected`` (IntegrityError when it differs).
+
+        With ``decrypt`` an encrypted object is also decrypted (every segment authenticated, the plaintext's size
+        and SHA-256 checked); without it only the stored bytes are read and checked, which needs no key.
+        """
+        validate_key(key)
+        if decrypt:
+            stream: Any = self.reader(key, expected=expected)
+        else:
+            stream = _VerifyingReader(
+                self._raw_reader(self.prefix + key),
+                key=key,
+                size=expected.size,
+                sha256=expected.sha256,
+                what="stored object",
+            )
+        with stream:
             while stream.read(CHUNK):
                 pass
         return expected
@@ -435,7 +452,7 @@ class Storage(ABC):
         """Remove what interrupted writes older than ``older_than`` seconds left behind; returns how many."""
 
     @abstractmethod
-    def _raw_writer(self, full_key: str, stored_size: int | None) -> _RawWriter: ...
+    def _raw_writer(self, full_key: str, stored_size: int | None, *, encrypted: bool) -> _RawWriter: ...
 
     @abstractmethod
     def _raw_reader(self, full_key: str) -> Any: ...
@@ -514,7 +531,7 @@ class LocalStorage(Storage):
     def _path(self, full_key: str) -> str:
         return os.path.join(self.base, full_key)
 
-    def _raw_writer(self, full_key: str, stored_size: int | None) -> _RawWriter:
+    def _raw_writer(self, full_key: str, stored_size: int | None, *, encrypted: bool) -> _RawWriter:
         try:
             return _LocalWriter(self.base, full_key)
         except OSError as exc:
@@ -527,12 +544,14 @@ class LocalStorage(Storage):
             raise StorageError(f"{full_key} is not in the storage.") from exc
 
     def _object(self, key: str, path: str) -> StoredObject:
-        size = os.stat(path).st_size
-        try:
-            sha256 = os.getxattr(path, XATTR_SHA256).decode()
-        except OSError:
-            sha256 = ""
-        return StoredObject(key=key, size=size, sha256=sha256)
+        with open(path, "rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            encrypted = handle.read(len(ENCRYPTED_MAGIC)) == ENCRYPTED_MAGIC
+            try:
+                sha256 = os.getxattr(handle.fileno(), XATTR_SHA256).decode()
+            except OSError:
+                sha256 = ""
+        return StoredObject(key=key, size=size, sha256=sha256, encrypted=encrypted)
 
     def stat(self, key: str) -> StoredObject | None:
         validate_key(key)
@@ -598,8 +617,10 @@ def _s3_error(what: str, exc: Exception) -> StorageError:
 
 
 class _S3Writer(_RawWriter):
-    def __init__(self, client: Any, bucket: str, full_key: str, stored_size: int | None) -> None:
+    def __init__(self, client: Any, bucket: str, full_key: str, stored_size: int | None, encrypted: bool) -> None:
         super().__init__()
+        # Known before the first byte, so a multipart object carries it too (its checksums are known only after).
+        self._initial_metadata = {ENCRYPTED_METADATA: ENCRYPTED_FORMAT} if encrypted else {}
         self._client = client
         self._bucket = bucket
         self._key = full_key
@@ -627,7 +648,9 @@ class _S3Writer(_RawWriter):
 
         if self._upload_id is None:
             try:
-                created = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)
+                created = self._client.create_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, Metadata=self._initial_metadata
+                )
             except (BotoCoreError, ClientError) as exc:
                 raise _s3_error(f"Starting the upload of {self._key}", exc) from exc
             self._upload_id = str(created["UploadId"])
@@ -671,7 +694,7 @@ class _S3Writer(_RawWriter):
                     Body=body,
                     ContentLength=len(body),
                     ContentMD5=base64.b64encode(digest).decode(),
-                    Metadata=metadata,
+                    Metadata={**self._initial_metadata, **metadata},
                 )
             except (BotoCoreError, ClientError) as exc:
                 raise _s3_error(f"Uploading {self._key}", exc) from exc
@@ -802,8 +825,8 @@ class S3Storage(Storage):
     def __repr__(self) -> str:
         return f"<S3Storage {self.name!r} bucket={self.bucket!r} prefix={self.prefix!r} encrypt={self.encrypts}>"
 
-    def _raw_writer(self, full_key: str, stored_size: int | None) -> _RawWriter:
-        return _S3Writer(self._client, self.bucket, full_key, stored_size)
+    def _raw_writer(self, full_key: str, stored_size: int | None, *, encrypted: bool) -> _RawWriter:
+        return _S3Writer(self._client, self.bucket, full_key, stored_size, encrypted)
 
     def _raw_reader(self, full_key: str) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -832,7 +855,7 @@ class S3Storage(Storage):
             key=key,
             size=int(head["ContentLength"]),
             sha256=metadata.get(SHA256_METADATA, ""),
-            encrypted=bool(plain),
+            encrypted=metadata.get(ENCRYPTED_METADATA) == ENCRYPTED_FORMAT or bool(plain),
             plain_sha256=plain,
         )
 

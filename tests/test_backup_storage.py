@@ -306,6 +306,10 @@ def test_it_round_trips_encrypted_objects(encrypted: S3Storage, s3_server: S3End
     assert next(pattern(size, seed=7))[8:4096] not in raw
     assert read_all(encrypted, "backups/7/db.dump") == plain
     assert read_all(encrypted, "backups/7/db.dump", expected=stored) == plain
+    stat = encrypted.stat("backups/7/db.dump")
+    assert stat is not None and stat.size == stored.size
+    if s3_server.name == "moto":  # rclone over a local directory forgets metadata
+        assert stat.encrypted
     # Small objects too.
     assert encrypted.put_bytes("backups/7/manifest.json", b"{}").plain_sha256 == hashlib.sha256(b"{}").hexdigest()
     assert read_all(encrypted, "backups/7/manifest.json") == (2, hashlib.sha256(b"{}").hexdigest())
@@ -329,6 +333,12 @@ def test_it_detects_tampering_with_encrypted_objects(
     stored_as("backups/8/cut-at-segment", raw[: len(ENCRYPTED_MAGIC) + 1 * MiB])
     stored_as("backups/8/moved", raw)  # a valid ciphertext, of another key
     stored_as("backups/8/plain", b"".join(pattern(size, seed=8)))
+    # Recorded checksums catch it without the key; decrypting catches it without them.
+    original = write(encrypted, "backups/8/original", pattern(size, seed=8))
+    encrypted.verify("backups/8/original", original, decrypt=False)
+    stored_as("backups/8/original", bytes(flipped))
+    with pytest.raises(IntegrityError, match="SHA-256 is not the one recorded"):
+        encrypted.verify("backups/8/original", original, decrypt=False)
     # No expected checksums given: the authentication alone refuses each one.
     for key in ("flipped", "truncated", "cut-at-segment", "moved"):
         with pytest.raises(IntegrityError, match="does not authenticate"):
@@ -347,6 +357,7 @@ def test_it_reads_objects_written_before_encryption_was_switched_on_only_when_re
     storage = open_storage(row)
     assert storage.encrypts
     assert storage.put_bytes("new", b"sealed").encrypted
+    assert [(o.key, o.encrypted) for o in storage.list()] == [("new", True), ("old", False)]
     with storage.reader("old", expected=before) as stream:
         assert stream.read() == b"plain bytes"
     with pytest.raises(IntegrityError, match="not encrypted"):
