@@ -10,9 +10,10 @@ class DeploymentsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the deploy and rollback job handlers.
         from deployments import services  # noqa: F401
-        from deployments.extensions import EnvironmentDeployments, ProjectWebhooks
+        from deployments.extensions import EnvironmentDeployments, ProjectAnswers, ProjectWebhooks
         from panel import extensions
 
         # The environment and project pages and API get their deployment parts from here (panel.extensions).
         extensions.register(EnvironmentDeployments())
         extensions.register(ProjectWebhooks())
+        extensions.register(ProjectAnswers())

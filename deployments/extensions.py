@@ -6,16 +6,25 @@
   ``/environments/{id}/``, the ``webhook_url`` field, the ``/deployments/`` collection and the HTML routes of
   ``deployments.urls`` (git webhooks included).
 - Project API: the ``webhook_url`` field and ``POST /projects/{id}/webhook-secret/``.
+- Project page and API: what the repository's ``.copier-answers.yml`` says, and *Read from the repository*
+  (``POST /projects/{id}/read-answers/``).
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from deployments.api.serializers import WebhookUrlField
-from deployments.api.views import DeploymentViewSet, EnvironmentDeployActions, ProjectWebhookActions
+from deployments.api.views import (
+    DeploymentViewSet,
+    EnvironmentDeployActions,
+    ProjectAnswersActions,
+    ProjectWebhookActions,
+)
 from deployments.views import environment_context
 from panel.extensions import Contribution, Page
+from panel.inventory.views import servers_for
 
 
 class EnvironmentDeployments(Contribution):
@@ -57,3 +66,22 @@ class ProjectWebhooks(Contribution):
                 help_text="Where the git host sends push events (``/hooks/git/<webhook_id>/``).",
             )
         }
+
+
+class ProjectAnswers(Contribution):
+    """What the project's ``.copier-answers.yml`` says, and the job that reads it."""
+
+    name = "deployments.answers"
+    model = "project"
+    order = 110
+    templates = {"sections": "deployments/_project_answers.html"}
+    viewset_mixins = (ProjectAnswersActions,)
+
+    def context(self, page: Page) -> dict[str, Any]:
+        read_at = (page.obj.copier_answers or {}).get("read_at")
+        try:
+            when = datetime.datetime.fromisoformat(read_at) if isinstance(read_at, str) else None
+        except ValueError:
+            when = None
+        servers = servers_for(page.request, page.obj) if page.may_change and page.show_details else []
+        return {"answers_read_at": when, "answer_servers": servers}

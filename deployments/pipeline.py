@@ -228,21 +228,12 @@ def render_override(
     return document
 
 
-@dataclass
-class Pipeline:
-    """Runs the steps of one deployment on the environment's server, logging into the job."""
+class RemoteSteps:
+    """Running a job's commands on its server: streamed into the log, or captured."""
 
     context: JobContext
-    environment: Environment
-    deployment_id: int
-    target: Target = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.target = Target.for_server(self.environment.server)
-        self.root = environment_directory(self.environment)
-        self.src = f"{self.root}/src"
-
-    # -- remote commands ---------------------------------------------------------------------------
+    target: Target
+    root: str
 
     def run(self, argv: Sequence[str], *, what: str, timeout: float | None = None, stdin: bytes | None = None) -> None:
         """Run a command, streaming its output into the job log; a non-zero exit fails the step."""
@@ -251,21 +242,11 @@ class Pipeline:
             raise StepFailed(f"{what} failed (exit code {code}); its output is in the log above.")
 
     def capture(self, argv: Sequence[str], *, timeout: float | None = 120) -> CommandResult:
-        """Run a command quietly and return its output (for values the panel reads, not for people)."""
+        """Run a command quietly and return its output."""
         return run_capture(self.target, argv, timeout=timeout)
 
-    def compose(self, *args: str, override: bool = True) -> list[str]:
-        """``docker compose -p KEY -f src/prod.yaml [-f src/docker-compose.panel.yaml] ARGS``."""
-        files = [f"{self.src}/{name}" for name in self.environment.compose_files]
-        if override:
-            files.append(f"{self.src}/{OVERRIDE_FILE}")
-        argv = ["docker", "compose", "--ansi", "never", "-p", self.environment.compose_project]
-        for path in files:
-            argv += ["-f", path]
-        return [*argv, *args]
-
     def upload(self, files: dict[str, str]) -> None:
-        """Write files (paths relative to the deploy directory) with mode 0600, in one round trip (a tar stream)."""
+        """Write files (paths relative to ``root``) with mode 0600, in one round trip (a tar stream)."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
             for name, content in files.items():
@@ -280,7 +261,19 @@ class Pipeline:
         if code != 0:
             raise StepFailed(f"Could not write {', '.join(sorted(files))} on the server.")
 
-    # -- steps -------------------------------------------------------------------------------------
+
+@dataclass
+class Checkout(RemoteSteps):
+    """A git checkout on a server (``<root>/src``), fetched with the project's deploy key and pinned host keys."""
+
+    context: JobContext
+    target: Target
+    root: str
+
+    @property
+    def src(self) -> str:
+        """The working tree."""
+        return f"{self.root}/src"
 
     def fetch(self, project: Project, ref: str) -> str:
         """Fetch the repository on the server and check out ``ref`` (branch, tag or commit); return the commit."""
@@ -308,16 +301,6 @@ class Pipeline:
         self.context.write(f"Checked out {commit[:12]} ({ref}).")
         return commit
 
-    def describe(self, commit: str, previous: str) -> tuple[str, list[str]]:
-        """A commit's subject, and the ``sha subject`` lines of the commits since ``previous`` (at most 100)."""
-        result = self.capture(
-            ["sh", "-c", DESCRIBE_SCRIPT, "sh", self.src, commit, previous if previous != commit else ""]
-        )
-        lines = result.stdout.split("\n")
-        marker = lines.index("---") if "---" in lines else len(lines)
-        subject = " ".join(lines[:marker]).strip()[:200]
-        return subject, [line for line in lines[marker + 1 :] if line.strip()]
-
     def _needs_ssh(self, url: str) -> bool:
         return url.startswith("ssh://") or (not url.startswith(("https://", "/")) and "@" in url)
 
@@ -341,6 +324,49 @@ class Pipeline:
             f'-o StrictHostKeyChecking=yes -o UserKnownHostsFile={base}/known_hosts"'
         )
         return ["env", f"GIT_SSH_COMMAND={ssh}", *argv]
+
+
+@dataclass
+class Pipeline(RemoteSteps):
+    """Runs the steps of one deployment on the environment's server, logging into the job."""
+
+    context: JobContext
+    environment: Environment
+    deployment_id: int
+    target: Target = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.target = Target.for_server(self.environment.server)
+        self.root = environment_directory(self.environment)
+        self.src = f"{self.root}/src"
+
+    # -- remote commands ---------------------------------------------------------------------------
+
+    def compose(self, *args: str, override: bool = True) -> list[str]:
+        """``docker compose -p KEY -f src/prod.yaml [-f src/docker-compose.panel.yaml] ARGS``."""
+        files = [f"{self.src}/{name}" for name in self.environment.compose_files]
+        if override:
+            files.append(f"{self.src}/{OVERRIDE_FILE}")
+        argv = ["docker", "compose", "--ansi", "never", "-p", self.environment.compose_project]
+        for path in files:
+            argv += ["-f", path]
+        return [*argv, *args]
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def fetch(self, project: Project, ref: str) -> str:
+        """Fetch the repository on the server and check out ``ref`` (branch, tag or commit); return the commit."""
+        return Checkout(self.context, self.target, self.root).fetch(project, ref)
+
+    def describe(self, commit: str, previous: str) -> tuple[str, list[str]]:
+        """A commit's subject, and the ``sha subject`` lines of the commits since ``previous`` (at most 100)."""
+        result = self.capture(
+            ["sh", "-c", DESCRIBE_SCRIPT, "sh", self.src, commit, previous if previous != commit else ""]
+        )
+        lines = result.stdout.split("\n")
+        marker = lines.index("---") if "---" in lines else len(lines)
+        subject = " ".join(lines[:marker]).strip()[:200]
+        return subject, [line for line in lines[marker + 1 :] if line.strip()]
 
     def write_secrets(self, secrets: dict[str, str]) -> None:
         """Write every ``.docker/*.env`` file Doodba's compose files name (mode 0600)."""
@@ -534,6 +560,13 @@ class Pipeline:
         """Odoo's ``/web/health`` answer, asked inside the container itself (by its full id)."""
         url = "http://localhost:8069/web/health"
         return self.capture(["docker", "exec", container, "curl", "-fsS", "--max-time", "5", url], timeout=30)
+
+    def docker_health(self, service: str = "odoo") -> str:
+        """Docker's health status of the service's container: ``starting``, ``healthy``, ``unhealthy``, or "" when
+        it has no health check (or no container)."""
+        result = self.capture(self.compose("ps", "--format", "{{.Health}}", service), timeout=60)
+        lines = result.stdout.strip().splitlines() if result.ok else []
+        return lines[-1].strip() if lines else ""
 
     def wait_healthy(self) -> None:
         """Wait until every container runs and Odoo answers ``/web/health`` with ``pass``."""

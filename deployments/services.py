@@ -8,30 +8,36 @@ from __future__ import annotations
 
 import copy
 import secrets as random_secrets
+import time
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from deployments.choices import DeploymentKind, DeploymentStatus, Trigger
 from deployments.models import Deployment
-from deployments.pipeline import Pipeline, StepFailed, image_ref, panel_made_tag, render_override
+from deployments.pipeline import Checkout, Pipeline, StepFailed, image_ref, panel_made_tag, render_override
 from monitoring.models import Event
 from panel.accounts.services import record
+from panel.inventory import prepare, proxy
 from panel.inventory.choices import EnvironmentKind
-from panel.inventory.copier import use_answers
-from panel.inventory.models import Environment
-from panel.inventory.services import environment_hold, finish_changing, mark_changing
+from panel.inventory.copier import use_answers, use_project_answers
+from panel.inventory.models import Environment, Project, Server
+from panel.inventory.services import check_server_allowed, environment_hold, finish_changing, mark_changing
 from panel.jobs import services as jobs
 from panel.jobs.choices import JobKind
 from panel.jobs.models import Job
 from panel.jobs.runner import JobCanceled, JobContext, JobFailed, handler
-from panel.remote import RemoteError
+from panel.remote import RemoteError, Target
+from panel.remote.session import Hold, hold
 from panel.validators import validate_git_ref
 
 GENERATED_SECRETS = ("ADMIN_PASSWORD", "PGPASSWORD")
-DISK_STEP = "Check free disk"
+SERVER_STEP = "Check the server"
+CERTIFICATE_STEP = "Read the certificate"
 CLEAN_UP_STEP = "Clean up images"
 
 
@@ -333,12 +339,66 @@ def _last_dump_bytes(environment: Environment) -> int:
     return int(snapshot["bytes"]) if isinstance(snapshot, dict) and str(snapshot.get("bytes")).isdigit() else 0
 
 
+def _check_server(pipeline: Pipeline, context: JobContext, *, dump_bytes: int) -> None:
+    """What a deploy needs of the server, before it changes anything: Docker, the compose v2 plugin and git
+    (refused with what to run, as *Prepare server* says it), free disk, and for an environment with domains,
+    whether they resolve to the server and whether the proxy runs (warnings: the deploy itself does not need them).
+    """
+    server = pipeline.environment.server
+    tools = prepare.probe(pipeline.target, server.username)
+    if not tools.ready:
+        raise StepFailed(prepare.advice(tools, prepare.plan(tools, server.username), server.username))
+    context.write(f"Docker {tools.docker_version}, docker compose {tools.compose_version}, git {tools.git_version}.")
+    pipeline.require_free_disk(dump_bytes=dump_bytes)
+    domains = pipeline.environment.all_domains()
+    if domains:
+        proxy.check_domains(context, server, pipeline.target, domains)
+        if not proxy.running(pipeline.target):
+            context.write(
+                "⚠ The server's proxy does not run: the environment's domains are served only once Install proxy "
+                "has run on the server page."
+            )
+
+
+def _read_certificate(pipeline: Pipeline, context: JobContext) -> None:
+    """After a successful deploy of an environment with a domain: read the certificate the proxy serves for it
+    (the environment page shows its issuer and expiry). The deploy has succeeded: nothing here fails it.
+
+    A first certificate is waited for, ``DEPLOY_CERTIFICATE_WAIT`` s in all: Traefik routes a container only once
+    Docker's health check calls it healthy (doodba's checks run every 45 s), and asks ACME for its domains then.
+    A known certificate is only read again."""
+    environment = Environment.objects.select_related("server").get(pk=pipeline.environment.pk)
+    if not environment.domain:
+        return
+    try:
+        if not proxy.running(pipeline.target):
+            return  # "Check the server" said so; there is no certificate to read
+        with context.step(CERTIFICATE_STEP, cancelable=False):
+            known = environment.certificate_facts()
+            wait = 0.0 if "issuer" in known and environment.domain in known.get("names", []) else None
+            deadline = time.monotonic() + (settings.DEPLOY_CERTIFICATE_WAIT if wait is None else 0.0)
+            reported = False
+            while (state := pipeline.docker_health()) == "starting" and time.monotonic() < deadline:
+                if not reported:
+                    context.write("Docker's health check of odoo still says starting: the proxy routes the "
+                                  "domains once it says healthy. Waiting …")  # fmt: skip
+                    reported = True
+                time.sleep(2)
+            if state in ("starting", "unhealthy"):
+                context.write(f"⚠ Docker's health check of odoo says {state}: the proxy does not route the domains "
+                              "until it says healthy.")  # fmt: skip
+            remaining = max(0.0, deadline - time.monotonic())
+            proxy.read_certificates(context, environment.server, [environment], wait=remaining)
+    except (JobFailed, RemoteError) as exc:
+        context.write(f"Reading the certificate failed: {exc} The deployment is not affected.")
+
+
 def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment, first_deploy: bool) -> None:
     environment = pipeline.environment
     snapshot = not first_deploy and wants_db_snapshot(environment)
-    with context.step(DISK_STEP):
+    with context.step(SERVER_STEP):
         # Before anything is fetched or built: a refusal here leaves the server as it was.
-        pipeline.require_free_disk(dump_bytes=_last_dump_bytes(environment) if snapshot else 0)
+        _check_server(pipeline, context, dump_bytes=_last_dump_bytes(environment) if snapshot else 0)
     with context.step("Fetch code"):
         commit = pipeline.fetch(environment.project, deployment.ref)
         deployment.commit = commit
@@ -415,6 +475,7 @@ def run_deployment(context: JobContext) -> dict[str, Any]:
            f"{environment}: deployment #{deployment.pk} of {deployment.short_commit} succeeded.")  # fmt: skip
     if deployment.kind != DeploymentKind.ROLLBACK:
         _clean_up_images(pipeline, context)
+    _read_certificate(pipeline, context)
     return {"deployment": deployment.pk, "commit": deployment.commit}
 
 
@@ -427,7 +488,7 @@ def _recover(
     what = "Canceled." if canceled else (f"Step “{failed_step}” failed: {exc}" if failed_step else str(exc))
     environment = deployment.environment
     deployment.finished_at = timezone.now()
-    if not deployment.commit and len([step for step in context.steps if step["name"] != DISK_STEP]) <= 1:
+    if not deployment.commit and len([step for step in context.steps if step["name"] != SERVER_STEP]) <= 1:
         # Nothing changed on the server yet (too little free disk, the fetch itself failed, or canceled before it).
         deployment.status = DeploymentStatus.CANCELED if canceled else DeploymentStatus.FAILED_NO_ROLLBACK
         deployment.save(update_fields=["status", "finished_at"])
@@ -570,3 +631,53 @@ def check_environment(context: JobContext) -> dict[str, Any]:
         f"Deployment #{deployment.pk} ({deployment.short_commit}) runs and answers: the environment runs it again."
     )
     return {"deployment": deployment.pk, "commit": deployment.commit}
+
+
+# -- reading a project's .copier-answers.yml ---------------------------------------------------------------------
+
+
+def answers_directory(project: Project) -> str:
+    """Where a server keeps the checkout the project's answers are read from (by id: slugs repeat across orgs)."""
+    return f"doodba-panel/.projects/{project.pk}"
+
+
+def start_read_answers(*, project: Project, server: Server, actor: Any) -> Job:
+    """Queue a job that fetches the project's default branch on ``server`` and reads its ``.copier-answers.yml``
+    into the project (one at a time per project). Refused (``JobFailed``) on a server the project's environments
+    may not use or whose host key nobody confirmed."""
+    try:
+        check_server_allowed(project=project, server=server)
+    except ValidationError as exc:
+        raise JobFailed(" ".join(exc.messages)) from exc
+    if not server.host_key_pinned:
+        raise JobFailed(f"Confirm the host key of {server.name} first (Validate on the server page).")
+    job = jobs.create_job(
+        kind=JobKind.READ_ANSWERS,
+        organization=project.organization,
+        created_by=actor,
+        server=server,
+        lock_key=f"project-answers:{project.pk}",
+        params={"project_id": project.pk, "server_id": server.pk},
+    )
+    record(action="project.read_answers", actor=actor, obj=project, detail={"job": job.pk, "server": server.pk})
+    return job
+
+
+def _answers_hold(context: JobContext) -> AbstractContextManager[Hold]:
+    project = Project.objects.get(pk=context.job.params["project_id"])
+    server = Server.objects.get(pk=context.job.params["server_id"])
+    return hold(Target.for_server(server), job_id=context.job.pk, directory=answers_directory(project),
+                compose_project=f"doodba-panel-answers-{project.pk}", wait=settings.JOB_SERVER_LOCK_WAIT,
+                on_message=context.write, subject="this project's checkout")  # fmt: skip
+
+
+@handler(JobKind.READ_ANSWERS, hold=_answers_hold)
+def read_project_answers(context: JobContext) -> dict[str, Any]:
+    """Fetch the project's default branch on the server and fill the project from its ``.copier-answers.yml``."""
+    project = Project.objects.get(pk=context.job.params["project_id"])
+    server = Server.objects.get(pk=context.job.params["server_id"])
+    checkout = Checkout(context, Target.for_server(server), answers_directory(project))
+    with context.step("Fetch code"):
+        commit = checkout.fetch(project, project.default_branch)
+    with context.step("Read .copier-answers.yml"):
+        return {"commit": commit, **use_project_answers(context, checkout.target, checkout.src, project, commit)}

@@ -12,5 +12,6 @@ urlpatterns = [
     path("environments/<int:environment_id>/compare/", views.environment_compare, name="environment_compare"),
     path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:deployment_id>/rollback/", views.deployment_rollback, name="deployment_rollback"),
+    path("projects/<int:project_id>/read-answers/", views.project_read_answers, name="project_read_answers"),
     path("hooks/git/<str:webhook_id>/", git_webhook, name="git-webhook"),
 ]

@@ -26,7 +26,8 @@ from panel.accounts.choices import Action
 from panel.accounts.scoping import can, for_user, get_for_user
 from panel.inventory.choices import EnvironmentKind
 from panel.inventory.display import Badge
-from panel.inventory.models import Environment
+from panel.inventory.models import Environment, Project
+from panel.inventory.views import servers_for
 from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
@@ -185,6 +186,27 @@ def environment_check(request: HttpRequest, environment_id: int) -> HttpResponse
     except TargetBusy as exc:
         messages.warning(request, busy_message(exc))
         return redirect("environment_detail", environment_id=environment.pk)
+    return redirect("job_detail", job_id=job.pk)
+
+
+@require_POST
+@login_required
+def project_read_answers(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Read the repository's ``.copier-answers.yml`` into the project, fetched on the server the form names."""
+    project = get_for_user(Project, request.user, Action.CHANGE, pk=project_id)
+    server_id = parse_id(request.POST.get("server"))
+    server = servers_for(request, project).filter(pk=server_id).first() if server_id is not None else None
+    if server is None:
+        messages.error(request, "Choose a server to fetch the repository on.")
+        return redirect("project_detail", project_id=project.pk)
+    try:
+        job = services.start_read_answers(project=project, server=server, actor=request.user)
+    except TargetBusy as exc:
+        messages.warning(request, busy_message(exc))
+        return redirect("project_detail", project_id=project.pk)
+    except JobFailed as exc:
+        messages.error(request, str(exc))
+        return redirect("project_detail", project_id=project.pk)
     return redirect("job_detail", job_id=job.pk)
 
 

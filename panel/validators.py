@@ -55,6 +55,15 @@ def validate_slug(value: str) -> None:
         _fail("Use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.")
 
 
+POSTGRES_VERSION_RE = re.compile(r"[0-9]{1,2}(\.[0-9])?")
+
+
+def validate_postgres_version(value: str) -> None:
+    """A PostgreSQL major version as doodba-copier-template asks for it (``15``, ``9.6``)."""
+    if not POSTGRES_VERSION_RE.fullmatch(value):
+        _fail("Use a PostgreSQL major version such as 15 (or 9.6).")
+
+
 def validate_host(value: str) -> None:
     """A DNS name or an IP address; never an option (leading '-') or anything with spaces or shell characters."""
     try:

@@ -50,11 +50,12 @@ def test_it_fills_domains_and_odoo_version_from_the_answers_on_the_first_deploy(
         assert f"Checked out {lab_sample.sample_initial_sha[:12]} ({release_branch})." in text
         assert "Domain panel-demo.example.com, aliases www.panel-demo.example.com: from domains_prod" in text
         assert "Odoo version 16.0: from .copier-answers.yml (was 15.0)." in text
-        assert "PostgreSQL 15 (from .copier-answers.yml" in text
+        assert "PostgreSQL 15: from postgres_version in .copier-answers.yml." in text
         environment = Environment.objects.select_related("project").get(pk=environment.pk)
         assert environment.domain == "panel-demo.example.com"
         assert environment.aliases == ["www.panel-demo.example.com"]
-        assert environment.project.odoo_version == "16.0"
+        assert environment.project.odoo_version == "16.0" and environment.project.postgres_version == "15"
+        assert environment.project.copier_answers["commit"] == lab_sample.sample_initial_sha
         # The environment's own choices win from then on: a second deploy reads nothing over them.
         Environment.objects.filter(pk=environment.pk).update(domain="erp.example.org", aliases=[])
         again = deploy(environment, users["alice"], timeout=600)

@@ -34,7 +34,7 @@ def test_it_deploys_the_sample_project_and_it_answers_health(deploy_env, lab1, l
     assert deployment.commit == lab_sample.sample_initial_sha
     assert health(lab1) == {"status": "pass"}
     steps = [step["name"] for step in deployment.job.result["steps"]]
-    assert steps == ["Check free disk", "Fetch code", "Write configuration", "Build images", "Update database",
+    assert steps == ["Check the server", "Fetch code", "Write configuration", "Build images", "Update database",
                      "Start", "Wait until healthy", "Clean up images"]  # fmt: skip
     assert all(step["status"] == "succeeded" and step["seconds"] >= 0 for step in deployment.job.result["steps"])
     deploy_env.refresh_from_db()

@@ -127,7 +127,7 @@ def test_it_refuses_to_deploy_before_building_on_a_host_with_too_little_free_dis
         worker.stop()
     assert second.job.status == "failed" and second.status == "failed_no_rollback", second.job.reason
     reason = second.job.reason
-    assert reason.startswith("Step “Check free disk” failed: Not enough free disk on the server: "), reason
+    assert reason.startswith("Step “Check the server” failed: Not enough free disk on the server: "), reason
     docker_root = lab1.docker("info", "--format", "{{.DockerRootDir}}", check=True).stdout.strip()
     free = shutil.disk_usage(lab1.home).free // 2**20
     for path, what in ((f"~/doodba-panel/{KEY}", "the deploy directory"), (docker_root, "Docker's data root")):
@@ -135,7 +135,7 @@ def test_it_refuses_to_deploy_before_building_on_a_host_with_too_little_free_dis
         assert found, reason
         assert abs(int(found.group(1)) - free) < 2048, "the free space reported is the host's"
     assert "Nothing was changed on the server; the running version is untouched." in reason
-    assert [(s["name"], s["status"]) for s in second.job.result["steps"]] == [("Check free disk", "failed")]
+    assert [(s["name"], s["status"]) for s in second.job.result["steps"]] == [("Check the server", "failed")]
     # Nothing was fetched, built or restarted: the environment runs the first deployment, as its state says.
     assert not second.commit and not second.images
     head = lab1.ssh("git", "-C", f"doodba-panel/{KEY}/src", "rev-parse", "HEAD", check=True).stdout.strip()

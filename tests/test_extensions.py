@@ -245,5 +245,5 @@ def test_it_refuses_a_contribution_that_reuses_a_page_variable(users: Any, inven
 def test_it_lists_deployments_as_the_environment_contribution() -> None:
     names = [contribution.name for contribution in extensions.contributions("environment")]
     assert names == ["deployments"]
-    assert [c.name for c in extensions.contributions("project")] == ["deployments.webhooks"]
+    assert [c.name for c in extensions.contributions("project")] == ["deployments.webhooks", "deployments.answers"]
     assert extensions.html_urls() == ["deployments.urls"]

@@ -157,3 +157,24 @@ def test_it_explains_what_to_run_when_the_ssh_user_may_not_use_docker(
     # Nothing installable is missing, so even with install=true no apt-get ran.
     assert "Install packages" not in [step["name"] for step in job.result.get("steps", [])]
     assert f"{lab1.nodocker_username} is not root and has no passwordless sudo" in job_log(job)
+
+
+def test_a_deploy_checks_the_tools_first_and_changes_nothing_when_one_is_missing(
+    jobs_worker: Any, lab1: Any, demo_project: Any, users: dict[str, Any], orgs: dict[str, Any]
+) -> None:
+    server = add_lab_server(orgs["a"], users["alice"], lab1, user=lab1.nodocker_username)
+    environment = create_environment(
+        project=demo_project, server=server, actor=users["alice"], name="test", kind="test",
+        compose_files=["test.yaml"], git_ref=SAMPLE_BRANCH,
+    )  # fmt: skip
+    deployment = deploy(environment, users["alice"], timeout=120)
+    assert deployment.status == "failed_no_rollback", deployment.status
+    reason = deployment.job.reason
+    assert reason.startswith("Step “Check the server” failed: Missing on the server: access to Docker."), reason
+    assert f"sudo usermod -aG docker {lab1.nodocker_username}" in reason
+    assert reason.endswith("Nothing was changed on the server; the running version is untouched."), reason
+    assert [(s["name"], s["status"]) for s in deployment.job.result["steps"]] == [("Check the server", "failed")]
+    # Nothing was fetched: the environment's directory holds only the job lock's files.
+    script = f"ls -A ~/doodba-panel/{TEST_KEY} 2>/dev/null || true"
+    listing = lab1.ssh("sh", "-c", script, user=lab1.nodocker_username, check=True).stdout.split()
+    assert "src" not in listing and set(listing) <= {".panel-lock", ".panel-lock-holder"}, listing

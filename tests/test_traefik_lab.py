@@ -15,7 +15,7 @@ from django.test import Client
 
 from panel.inventory.proxy import PROJECT, start_proxy_install
 from panel.jobs.models import JobLogLine
-from tests.deploy_fixtures import deploy
+from tests.deploy_fixtures import deploy, log_text
 from tests.lab.traefik import ensure_traefik_image, pebble
 from tests.lab_helpers import wait_job
 
@@ -110,6 +110,14 @@ def test_it_serves_an_environment_over_https_with_a_certificate_from_pebble(
 
         deployment = deploy(environment, users["alice"])
         assert deployment.status == "succeeded", deployment.job.reason
+        # The deploy checks the domains too, and reads the certificate the proxy got for the main domain.
+        text = log_text(deployment)
+        assert f"⚠ {DOMAIN} resolves to nothing, not to this server" in text
+        assert "The server's proxy does not run" not in text
+        assert [step["name"] for step in deployment.job.result["steps"]][-1] == "Read the certificate"
+        environment.refresh_from_db()
+        assert "Pebble" in environment.tls_certificate.get("issuer", ""), (environment.tls_certificate, text[-2000:])
+        assert f"{DOMAIN}: certificate from {environment.tls_certificate['issuer']}, valid until" in text
 
         roots = ca.issuing_roots()
         status, body, certificate = wait_for_certificate(lab1.address, DOMAIN, roots)
@@ -222,11 +230,7 @@ def test_it_shows_the_domain_and_its_certificate_after_a_deploy_in_the_browser(
         assert wait_for_job_page(page) == "succeeded"
         wait_for_certificate(lab1.address, DOMAIN, ca.issuing_roots())
 
-        # The proxy job reads the certificate the domain is served with; the environment page shows it.
-        page.goto(f"{live_server_url}/servers/{server.pk}/")
-        page.get_by_role("button", name="Install proxy").click()
-        page.wait_for_url(re.compile(r"/jobs/\d+/$"))
-        assert wait_for_job_page(page) == "succeeded"
+        # The deploy read the certificate the domain is served with; the environment page shows it.
         page.goto(f"{live_server_url}/environments/{environment.pk}/")
         link = page.get_by_test_id("domain-link")
         assert link.inner_text() == f"https://{DOMAIN}" and link.get_attribute("href") == f"https://{DOMAIN}/"

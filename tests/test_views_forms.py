@@ -164,6 +164,13 @@ def test_it_refuses_bad_project_input(users: Any, orgs: Any, field: str, values:
     assert not Project.objects.exists()
 
 
+def test_a_project_created_with_a_blank_name_is_named_after_its_slug(users: Any, orgs: Any) -> None:
+    response = client_for(users["olga"]).post(reverse("project_create"), project_data(orgs, name="  "))
+    project = Project.objects.get()
+    assert response.url == reverse("project_detail", args=[project.pk])
+    assert project.name == project.slug
+
+
 def test_it_creates_a_project_with_an_audit_event(users: Any, orgs: Any) -> None:
     response = client_for(users["olga"]).post(reverse("project_create"), project_data(orgs))
     project = Project.objects.get()

@@ -188,3 +188,13 @@ class WebhookUrlField(serializers.Field):  # type: ignore[type-arg]
 
     def to_representation(self, value: Any) -> str:
         return webhook_url(self.project_of(value), self.context.get("request"))
+
+
+class ReadAnswersRequestSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """``POST /projects/{id}/read-answers/``."""
+
+    server = serializers.IntegerField(
+        min_value=1,
+        help_text="The server that fetches the repository (with the project's deploy key): one the project's "
+        "environments may use, with a confirmed host key.",
+    )

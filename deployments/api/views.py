@@ -7,6 +7,8 @@
   in the reduced form of ``DeploymentSerializer``.
 - ``GET /deployments/{id}/compare/?with=<id>``: staff (``view_details``).
 - ``POST /projects/{id}/webhook-secret/``: owners and operators; rotates the git webhook secret and shows it once.
+- ``POST /projects/{id}/read-answers/`` (body ``{"server": id}``): owners and operators; 202 with the job that reads
+  the repository's ``.copier-answers.yml`` into the project, 409 while one runs, 400 for a server it may not use.
 
 The environment and project actions are mixed into inventory's viewsets through ``panel.extensions``
 (``deployments.extensions``).
@@ -36,6 +38,7 @@ from deployments.api.serializers import (
     DeploymentSerializer,
     DeploymentStartedSerializer,
     DeployRequestSerializer,
+    ReadAnswersRequestSerializer,
     WebhookSecretSerializer,
 )
 from deployments.choices import Trigger
@@ -44,6 +47,7 @@ from deployments.webhooks import rotate_webhook_secret, webhook_url
 from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user, get_for_user
+from panel.inventory.models import Server
 from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
 from panel.jobs.api.views import busy_response
 from panel.jobs.runner import JobFailed
@@ -131,6 +135,34 @@ class ProjectWebhookActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
         secret = rotate_webhook_secret(project=project, actor=request.user)
         body = {"webhook_url": webhook_url(project, request), "webhook_secret": secret}
         return Response(body, headers={"Cache-Control": "no-store"})
+
+
+class ProjectAnswersActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
+    """Reading the repository's ``.copier-answers.yml``, mixed into ``ProjectViewSet``."""
+
+    @extend_schema(
+        request=ReadAnswersRequestSerializer,
+        responses={202: JobStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="read-answers")
+    def read_answers(self, request: Request, pk: str | None = None) -> Response:
+        """Fetch the default branch on a server and fill the project from its ``.copier-answers.yml``: the Odoo
+        version (while nothing is deployed), the PostgreSQL version, the name (while it is the slug) and the domains
+        new environments start from (``copier_answers``)."""
+        project = self.get_object()
+        body = ReadAnswersRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        server = for_user(Server, request.user, Action.CHANGE).filter(pk=body.validated_data["server"]).first()
+        if server is None:
+            raise serializers.ValidationError({"server": ["No such server."]})
+        try:
+            job = services.start_read_answers(project=project, server=server, actor=request.user)
+        except TargetBusy as exc:
+            return busy_response(exc)
+        except JobFailed as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        started = JobStartedSerializer({"job": job}, context=self.get_serializer_context())
+        return Response(started.data, status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema_view(

@@ -18,24 +18,23 @@ through the panel's validators before it is used; anything else is reported and 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from panel.inventory.choices import ODOO_VERSIONS, EnvironmentKind
 from panel.inventory.models import Environment, Project
 from panel.jobs.runner import JobContext
 from panel.remote import Target, run_capture
-from panel.validators import MAX_ALIASES, validate_domain, validate_name
+from panel.validators import MAX_ALIASES, POSTGRES_VERSION_RE, validate_domain, validate_name
 
 ANSWERS_FILE = ".copier-answers.yml"
 MAX_ANSWERS_BYTES = 64 * 1024
 MAX_GROUPS = 50
-POSTGRES_VERSION_RE = re.compile(r"[0-9]{1,2}(\.[0-9])?")
 
 
 @dataclass
@@ -134,12 +133,73 @@ def read_answers(target: Target, checkout: str, commit: str) -> str | None:
     return result.stdout if result.ok else None
 
 
+def as_record(answers: Answers, commit: str) -> dict[str, Any]:
+    """What ``Project.copier_answers`` keeps: the validated answers, the commit they were read at, and when."""
+    return {
+        "commit": commit,
+        "read_at": timezone.now().isoformat(),
+        "project_name": answers.project_name,
+        "odoo_version": answers.odoo_version,
+        "postgres_version": answers.postgres_version,
+        "domains": {which: {"main": main, "aliases": aliases} for which, (main, aliases) in answers.domains.items()},
+    }
+
+
+def stored_domains(project: Project, kind: str) -> tuple[str, list[str]] | None:
+    """The main domain and aliases the project's stored answers give an environment of ``kind`` (``domains_prod``
+    for production, ``domains_test`` for the others), None when they give none."""
+    which = "prod" if kind == EnvironmentKind.PRODUCTION else "test"
+    found = (project.copier_answers or {}).get("domains", {}).get(which)
+    if not isinstance(found, dict) or not isinstance(found.get("main"), str) or not found["main"]:
+        return None
+    aliases = [alias for alias in found.get("aliases", []) if isinstance(alias, str)]
+    return found["main"], aliases
+
+
+def apply_project_answers(context: JobContext, project: Project, answers: Answers) -> list[str]:
+    """Fill the project from the answers; returns the names of the fields it set.
+
+    The Odoo version changes while none of the project's environments was deployed; the PostgreSQL version when it
+    is unset or different (the repository's compose files decide which db image runs); the name while it is still
+    the slug (a project created with a blank name).
+    """
+    changed: list[str] = []
+    if answers.odoo_version and answers.odoo_version != project.odoo_version:
+        with transaction.atomic():
+            deployed = Environment.objects.filter(project=project, current_deployment__isnull=False).exists()
+            if deployed:
+                context.write(f"⚠ {ANSWERS_FILE} says Odoo {answers.odoo_version}, the project says "
+                              f"{project.odoo_version}: change the project if the answers are right.")  # fmt: skip
+            else:
+                Project.objects.filter(pk=project.pk).update(odoo_version=answers.odoo_version)
+                context.write(f"Odoo version {answers.odoo_version}: from {ANSWERS_FILE} (was {project.odoo_version}).")
+                project.odoo_version = answers.odoo_version
+                changed.append("odoo_version")
+    if answers.project_name and answers.project_name != project.name:
+        if project.name == project.slug:
+            Project.objects.filter(pk=project.pk).update(name=answers.project_name)
+            context.write(f"Name {answers.project_name!r}: from project_name in {ANSWERS_FILE}.")
+            project.name = answers.project_name
+            changed.append("name")
+        else:
+            context.write(
+                f"{ANSWERS_FILE} names the project {answers.project_name!r}; the panel keeps {project.name!r}."
+            )
+    if answers.postgres_version and answers.postgres_version != project.postgres_version:
+        Project.objects.filter(pk=project.pk).update(postgres_version=answers.postgres_version)
+        was = f" (was {project.postgres_version})" if project.postgres_version else ""
+        context.write(f"PostgreSQL {answers.postgres_version}: from postgres_version in {ANSWERS_FILE}{was}.")
+        project.postgres_version = answers.postgres_version
+        changed.append("postgres_version")
+    return changed
+
+
 def apply_answers(context: JobContext, environment: Environment, answers: Answers) -> list[str]:
     """Fill what the panel was not told from the answers; returns the names of the fields it set.
 
-    Only empty or never-used values change: the environment's domain and aliases when both are empty, the project's
-    Odoo version while none of its environments was deployed. Each change goes through the model's own validation
-    (a domain another environment of the server routes is refused there) and is written in the log.
+    Only empty or never-used values change: the environment's domain and aliases when both are empty, and the
+    project's fields as ``apply_project_answers`` says. Each change goes through the model's own validation (a
+    domain another environment of the server routes is refused there) and is written in the log.
     """
     project: Project = environment.project
     changed: list[str] = []
@@ -159,22 +219,7 @@ def apply_answers(context: JobContext, environment: Environment, answers: Answer
             changed += ["domain", "aliases"] if aliases else ["domain"]
             also = f", aliases {', '.join(aliases)}" if aliases else ""
             context.write(f"Domain {main}{also}: from domains_{which} in {ANSWERS_FILE}.")
-    if answers.odoo_version and answers.odoo_version != project.odoo_version:
-        with transaction.atomic():
-            deployed = Environment.objects.filter(project=project, current_deployment__isnull=False).exists()
-            if deployed:
-                context.write(f"⚠ {ANSWERS_FILE} says Odoo {answers.odoo_version}, the project says "
-                              f"{project.odoo_version}: change the project if the answers are right.")  # fmt: skip
-            else:
-                Project.objects.filter(pk=project.pk).update(odoo_version=answers.odoo_version)
-                context.write(f"Odoo version {answers.odoo_version}: from {ANSWERS_FILE} (was {project.odoo_version}).")
-                project.odoo_version = answers.odoo_version
-                changed.append("odoo_version")
-    if answers.project_name and answers.project_name != project.name:
-        context.write(f"{ANSWERS_FILE} names the project {answers.project_name!r}; the panel keeps {project.name!r}.")
-    if answers.postgres_version:
-        context.write(f"PostgreSQL {answers.postgres_version} (from {ANSWERS_FILE}; the compose files' db image runs).")
-    return changed
+    return changed + apply_project_answers(context, project, answers)
 
 
 def use_answers(context: JobContext, target: Target, checkout: str, environment: Environment, commit: str) -> None:
@@ -184,4 +229,30 @@ def use_answers(context: JobContext, target: Target, checkout: str, environment:
     if text is None:
         context.write(f"No {ANSWERS_FILE} in the repository: nothing to read from it.")
         return
-    apply_answers(context, environment, parse_answers(text))
+    answers = parse_answers(text)
+    apply_answers(context, environment, answers)
+    Project.objects.filter(pk=environment.project_id).update(copier_answers=as_record(answers, commit))
+
+
+def use_project_answers(
+    context: JobContext, target: Target, checkout: str, project: Project, commit: str
+) -> dict[str, Any]:
+    """Read the answers of the checked-out commit for the project itself (*Read the project's answers*): fill the
+    project (``apply_project_answers``) and keep the answers, whose domains new environments start from."""
+    text = read_answers(target, checkout, commit)
+    if text is None:
+        context.write(f"No {ANSWERS_FILE} at {commit[:12]}: nothing to read from it.")
+        record: dict[str, Any] = {"commit": commit, "read_at": timezone.now().isoformat(), "missing": True}
+        Project.objects.filter(pk=project.pk).update(copier_answers=record)
+        return {"changed": [], "answers": record}
+    answers = parse_answers(text)
+    for line in answers.refused:
+        context.write(f"⚠ {ANSWERS_FILE}: {line} Ignored.")
+    changed = apply_project_answers(context, project, answers)
+    for which, (main, aliases) in sorted(answers.domains.items()):
+        kinds = "production" if which == "prod" else "staging, test and development"
+        also = f" (aliases {', '.join(aliases)})" if aliases else ""
+        context.write(f"domains_{which}: {main}{also}, for new {kinds} environments.")
+    record = as_record(answers, commit)
+    Project.objects.filter(pk=project.pk).update(copier_answers=record)
+    return {"changed": changed, "answers": record}

@@ -223,6 +223,17 @@ class ProjectForm(forms.ModelForm):
         else:
             self.fields["organization"].queryset = organizations  # type: ignore[attr-defined]
             self.fields["organization"].empty_label = None  # type: ignore[attr-defined]
+            self.fields["name"].required = False
+            self.fields["name"].help_text = (
+                "Blank: the slug, until the repository's .copier-answers.yml names the project (Read from the "
+                "repository, on the project page)."
+            )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not self.instance.pk and "name" not in self.errors and not data.get("name") and data.get("slug"):
+            data["name"] = data["slug"]  # left blank: the slug names it until .copier-answers.yml does
+        return data
 
 
 class EnvironmentForm(forms.ModelForm):

@@ -28,6 +28,7 @@ from panel.validators import (
     validate_name,
     validate_network_list,
     validate_port,
+    validate_postgres_version,
     validate_slug,
     validate_unix_user,
 )
@@ -141,6 +142,14 @@ class Project(models.Model):
     git_url = models.CharField(max_length=500, validators=[validate_git_url])
     default_branch = models.CharField(max_length=200, default="main", validators=[validate_git_ref])
     odoo_version = models.CharField(max_length=8, default="16.0", choices=[(v, v) for v in ODOO_VERSIONS])
+    postgres_version = models.CharField(
+        max_length=4,
+        blank=True,
+        validators=[validate_postgres_version],
+        help_text="The PostgreSQL major version of the project's db service (doodba-copier-template's postgres_version).",
+    )
+    # What the repository's .copier-answers.yml said when the panel last read it (panel.inventory.copier).
+    copier_answers = models.JSONField(default=dict, blank=True, editable=False)
     deploy_key = EncryptedTextField(blank=True, help_text="Private key the server uses to fetch the repository.")
     deploy_public_key = models.TextField(blank=True)
     git_known_hosts = models.TextField(

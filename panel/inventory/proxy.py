@@ -129,18 +129,28 @@ def resolve(name: str) -> set[str]:
         return set()
 
 
-def check_domains(context: JobContext, server: Server, target: Target) -> list[str]:
-    """Warn about every domain of the server's environments that does not resolve to the server (ACME HTTP-01
-    would fail for it, and a CA limits failed attempts); return those domains."""
+def server_addresses(server: Server, target: Target) -> set[str]:
+    """The addresses a domain of ``server`` should resolve to: its host name's, ``hostname -I`` and the proxy's."""
     expected = resolve(server.host)
     if server.proxy_bind_address:
         expected.add(server.proxy_bind_address)
     here = run_capture(target, ["sh", "-c", "hostname -I 2>/dev/null || true"], timeout=30)
-    expected |= set(here.stdout.split())
+    return expected | set(here.stdout.split())
+
+
+def check_domains(context: JobContext, server: Server, target: Target, domains: list[str] | None = None) -> list[str]:
+    """Warn about every domain (default: of every environment on the server) that does not resolve to the server
+    (ACME HTTP-01 would fail for it, and a CA limits failed attempts); return those domains.
+
+    Names are resolved both from the panel and on the server (``getent ahosts``): split-horizon DNS may answer
+    differently on each side, and either side pointing here is enough for the proxy to be reachable.
+    """
+    expected = server_addresses(server, target)
     wrong: list[str] = []
-    domains = [d for environment in Environment.objects.filter(server=server) for d in environment.all_domains()]
-    if not domains:
-        context.write("No environment on this server has a domain yet.")
+    if domains is None:
+        domains = [d for environment in Environment.objects.filter(server=server) for d in environment.all_domains()]
+        if not domains:
+            context.write("No environment on this server has a domain yet.")
     for domain in domains:
         panel_side = resolve(domain)
         lookup = run_capture(target, ["getent", "ahosts", "--", domain], timeout=30).stdout
@@ -157,6 +167,14 @@ def check_domains(context: JobContext, server: Server, target: Target) -> list[s
             "DNS record points here."
         )
     return wrong
+
+
+def running(target: Target) -> bool:
+    """Whether the panel's proxy container runs on the server (Docker's answer, one round trip)."""
+    result = run_capture(
+        target, ["docker", "ps", "--filter", "label=io.doodba-panel.proxy", "--format", "{{.State}}"], timeout=60
+    )
+    return result.ok and "running" in result.stdout.split()
 
 
 @handler(JobKind.INSTALL_PROXY, hold=server_hold)
@@ -205,14 +223,18 @@ def install_proxy(context: JobContext) -> dict[str, Any]:
     return {"network": state, "domains_not_resolving": wrong, "certificates": certificates}
 
 
-def read_certificates(context: JobContext, server: Server) -> dict[str, Any]:
-    """Read the certificate the proxy serves for each environment's main domain and keep it on the environment
-    (the page shows its issuer and expiry). Traefik asks ACME in the background: wait up to
-    ``PROXY_CERTIFICATE_WAIT`` seconds in all for placeholders to be replaced."""
+def read_certificates(
+    context: JobContext, server: Server, environments: list[Environment] | None = None, wait: float | None = None
+) -> dict[str, Any]:
+    """Read the certificate the proxy serves for each environment's main domain (default: every environment on
+    the server) and keep it on the environment (the page shows its issuer and expiry). Traefik asks ACME in the
+    background: wait up to ``wait`` seconds in all (default ``PROXY_CERTIFICATE_WAIT``) for placeholders to be
+    replaced."""
     found: dict[str, Any] = {}
-    deadline = time.monotonic() + settings.PROXY_CERTIFICATE_WAIT
-    environments = [environment for environment in Environment.objects.filter(server=server) if environment.domain]
-    for environment in environments:
+    deadline = time.monotonic() + (settings.PROXY_CERTIFICATE_WAIT if wait is None else wait)
+    if environments is None:
+        environments = list(Environment.objects.filter(server=server))
+    for environment in [environment for environment in environments if environment.domain]:
         domain = environment.domain
         certificate = None
         error = ""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -15,6 +16,7 @@ from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory import prepare
 from panel.inventory.choices import EnvironmentState, ServerStatus
+from panel.inventory.copier import stored_domains
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs import services as jobs
 from panel.jobs.choices import ACTIVE_STATES, DEPLOY_JOB_KINDS, JobKind
@@ -394,7 +396,8 @@ def create_environment(
 ) -> Environment:
     """Create an environment of a project on a server of the same organization or of its provider.
 
-    Without a ``git_ref`` it follows the project's default branch.
+    Without a ``git_ref`` it follows the project's default branch. Without a domain or aliases it takes those the
+    project's ``.copier-answers.yml`` gives its kind, when the panel has read them and they are free on the server.
     """
     check_server_allowed(project=project, server=server)
     fields.setdefault("git_ref", project.default_branch)  # not "main": the branch the project was told about
@@ -405,6 +408,15 @@ def create_environment(
         environment.compose_files = ["prod.yaml"]
     if secrets:
         environment.set_secrets(secrets)
+    found = stored_domains(project, environment.kind) if not environment.domain and not environment.aliases else None
+    if found:
+        environment.domain, environment.aliases = found
+        try:
+            environment.full_clean()
+        except ValidationError as exc:
+            if not {"domain", "aliases"} & set(exc.error_dict):
+                raise
+            environment.domain, environment.aliases = "", []  # taken on this server, or invalid: leave them blank
     environment.full_clean()
     environment.save()
     record(action="environment.created", actor=actor, obj=environment)
@@ -415,8 +427,6 @@ def check_server_allowed(*, project: Project, server: Server) -> None:
     """A project's environments run on servers of its organization or of the provider managing it."""
     allowed = {project.organization_id, project.organization.managed_by_id}
     if server.organization_id not in allowed:
-        from django.core.exceptions import ValidationError
-
         raise ValidationError({"server": "Choose a server of this organization or of its provider."})
 
 

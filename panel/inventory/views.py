@@ -333,19 +333,20 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
         .select_related("server", "current_deployment")
     )
     show_details = can(request.user, Action.VIEW_DETAILS, project)
-    return render(
-        request,
-        "inventory/project_detail.html",
-        {
-            "project": project,
-            "environments": environment_status(request, environments),
-            "show_details": show_details,
-            "webhook_url": request.build_absolute_uri(reverse("git-webhook", args=[project.webhook_id]))
-            if show_details
-            else "",
-            "may_change": can(request.user, Action.CHANGE, project),
-        },
+    may_change = can(request.user, Action.CHANGE, project)
+    page = {
+        "project": project,
+        "environments": environment_status(request, environments),
+        "show_details": show_details,
+        "webhook_url": request.build_absolute_uri(reverse("git-webhook", args=[project.webhook_id]))
+        if show_details
+        else "",
+        "may_change": may_change,
+    }
+    context = extensions.page_context(
+        "project", request, project, show_details=show_details, may_change=may_change, base=page
     )
+    return render(request, "inventory/project_detail.html", context)
 
 
 @require_http_methods(["GET", "POST"])

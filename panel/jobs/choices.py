@@ -31,6 +31,7 @@ class JobKind(models.TextChoices):
     CHECK = "check", "Check what runs"
     PREPARE_SERVER = "prepare_server", "Prepare server"
     INSTALL_PROXY = "install_proxy", "Install the proxy"
+    READ_ANSWERS = "read_answers", "Read the project's answers"
 
 
 class LogStream(models.TextChoices):

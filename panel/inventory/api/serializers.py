@@ -218,12 +218,14 @@ class ProjectSerializer(ContributedFieldsMixin, CustomerViewMixin, PanelModelSer
             "git_url",
             "default_branch",
             "odoo_version",
+            "postgres_version",
+            "copier_answers",
             "deploy_key",
             "deploy_public_key",
             "git_known_hosts",
             "created_at",
         ]
-        read_only_fields = ["deploy_public_key", "created_at"]
+        read_only_fields = ["deploy_public_key", "copier_answers", "created_at"]
         extra_kwargs = {"git_known_hosts": {"max_length": MAX_KNOWN_HOSTS_CHARS}}
         create_only = ["organization", "slug"]
 
