@@ -39,7 +39,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from backups import crypto
-from backups.validators import check_endpoint_policy, path_in_local_roots
+from backups.validators import KEY_SEGMENT_RE, check_endpoint_policy, path_in_local_roots
 
 if TYPE_CHECKING:
     from backups.models import BackupStorage
@@ -60,7 +60,6 @@ SHA256_METADATA = "sha256"
 PLAIN_SHA256_METADATA = "plain-sha256"
 ENCRYPTED_METADATA = "encrypted"
 ENCRYPTED_FORMAT = "tink-streaming-aead"
-KEY_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 KEY_MAX_LENGTH = 900
 CHUNK = 1 * MiB
 XATTR_SHA256 = "user.doodba_panel.sha256"
@@ -352,6 +351,8 @@ class Storage(ABC):
     def __init__(self, *, name: str, prefix: str, keyset: str | None, encrypt: bool) -> None:
         self.name = name
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        if self.prefix:
+            validate_key(self.prefix[:-1])
         self._keyset = keyset or None
         self._encrypt = bool(encrypt and keyset)
 
@@ -639,7 +640,8 @@ class _S3Writer(_RawWriter):
         self._buffer += chunk
         while len(self._buffer) >= self._part_size():
             size = self._part_size()
-            part = bytes(self._buffer[:size])
+            with memoryview(self._buffer) as view:  # one copy of the part, not two
+                part = bytes(view[:size])
             del self._buffer[:size]
             self._upload_part(part)
 

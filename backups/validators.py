@@ -20,6 +20,8 @@ REGION_RE = re.compile(r"[A-Za-z0-9_-]{0,64}")
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # An object key (and a prefix) is made of these characters only; the panel builds keys from ids and slugs.
 KEY_RE = re.compile(r"[A-Za-z0-9._/-]{1,900}")
+# One '/'-separated segment of a key or prefix: never '.', '..' or a hidden name (temporary files are hidden).
+KEY_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 
 
 def _fail(message: str) -> None:
@@ -64,8 +66,11 @@ def validate_prefix(value: str) -> None:
     """A key prefix: key characters, relative, no '..' (``panel/`` or ``acme/prod``)."""
     if value == "":
         return
-    if not KEY_RE.fullmatch(value) or value.startswith("/") or not _parts_safe(value.rstrip("/")):
-        _fail("Enter a relative prefix: letters, digits, '.', '_', '-' and '/', no leading '/', '..' or '//'.")
+    segments = value.rstrip("/").split("/")
+    if not KEY_RE.fullmatch(value) or not all(KEY_SEGMENT_RE.fullmatch(segment) for segment in segments):
+        _fail(
+            "Enter a relative prefix: letters, digits, '.', '_', '-' and '/', no leading '/' or '.', no '..' or '//'."
+        )
 
 
 def validate_endpoint_url(value: str) -> None:

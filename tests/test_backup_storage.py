@@ -401,6 +401,8 @@ def test_it_refuses_listing_prefixes_and_storage_settings_that_escape(
         {"path": "relative/dir"},
         {"path": str(backup_root / "ok"), "prefix": "../up"},
         {"path": str(backup_root / "ok"), "prefix": "/abs"},
+        {"path": str(backup_root / "ok"), "prefix": "a/.hidden"},
+        {"path": str(backup_root / "ok"), "prefix": "a//b"},
     ):
         with pytest.raises(ValidationError):
             make_local_storage(orgs["a"], Path(fields.pop("path")), **fields)
