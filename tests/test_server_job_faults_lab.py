@@ -6,6 +6,8 @@ lock is free for the next job.
   the reaper ends the job *interrupted*, the server ends the job's processes (so the network and the proxy are
   never made by the dead job), and the same job run again succeeds at once.
 - The database lock of a Prepare server is deleted: a second one waits for the first one's lock on the server.
+- The disk that holds ``~/doodba-panel`` is full when Prepare server starts: it fails at once saying so, and runs
+  nothing without its lock.
 - PostgreSQL stops for longer than the lease during Prepare server: the job ends its work on the server at once
   (before the database is back), then ends *interrupted* saying the database was unreachable, with every log
   line kept.
@@ -21,9 +23,13 @@ The finaliser removes the wrapper: the lab hosts are shared by every test.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -265,6 +271,52 @@ def test_it_never_runs_two_prepares_at_once_on_a_server_without_the_database_loc
     assert first.result["created"] == ["inverseproxy_shared"]
     assert second.result["created"] == [] and second.result["present"] == ["inverseproxy_shared"]
     assert docker_shim.caught(second) == [], "the second prepare created the network again"
+
+
+@pytest.fixture
+def full_deploy_root(bare_lab1: Any) -> Iterator[Path]:
+    """``~/doodba-panel`` of lab1 on a tiny file system that is full (no space, no inode left: ``fill-*`` files);
+    unmounted afterwards whatever happened."""
+    root = bare_lab1.home / "doodba-panel"
+
+    def unmount() -> None:
+        while subprocess.run(["mountpoint", "-q", str(root)]).returncode == 0:
+            subprocess.run(["umount", "-l", str(root)], check=True)
+
+    unmount()
+    root.mkdir(exist_ok=True)
+    owner = root.parent.stat()
+    os.chown(root, owner.st_uid, owner.st_gid)  # what is left once it is unmounted
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=64k,nr_inodes=8,mode=0755,uid={owner.st_uid},"
+                    f"gid={owner.st_gid}", "panel-full-disk", str(root)], check=True)  # fmt: skip
+    with contextlib.suppress(OSError):  # every block, then every inode
+        for number in range(16):
+            (root / f"fill-{number}").write_bytes(b"x" * 16384)
+    with contextlib.suppress(OSError):
+        for number in range(16):
+            (root / f"fill-inode-{number}").touch()
+    full = bare_lab1.ssh("sh", "-c", "mkdir ~/doodba-panel/probe")
+    assert "No space left on device" in full.stderr, full
+    yield root
+    unmount()
+
+
+def test_it_says_the_disk_is_full_when_a_prepare_cannot_take_the_servers_lock(
+    jobs_worker: Any, full_deploy_root: Path, lab1: Any, users: dict[str, Any], orgs: dict[str, Any]
+) -> None:
+    server = add_lab_server(orgs["a"], users["alice"], lab1)
+    job = wait_job(start_prepare(server=server, actor=users["alice"]), timeout=60)
+    assert job.status == "failed", job.reason
+    assert job.reason.startswith(f"Could not take this server's lock on {server.name} ({lab1.address}:{lab1.port}) "
+                                 "(doodba-panel/.server/.panel-lock): the server's disk is full ("), job.reason  # fmt: skip
+    assert "No space left on device" in job.reason and job.reason.endswith("Free space there, then run the job again.")
+    assert [step["name"] for step in job.result.get("steps", [])] == [], "the job ran without its lock"
+    assert tagged_processes(lab1, job) == []
+    # Space again: the same job succeeds.
+    for path in full_deploy_root.glob("fill-*"):
+        path.unlink()
+    again = wait_job(start_prepare(server=server, actor=users["alice"]), timeout=60)
+    assert again.status == "succeeded", again.reason
 
 
 def test_it_stops_a_prepare_whose_database_went_away_and_leaves_nothing_running(

@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 
 TAG_VARIABLE = "DOODBA_PANEL_JOB"
 # $1 directory, $2 tag, $3 compose project, $4 seconds to wait for the lock. Prints "busy <holder>" while it
-# waits, "locked" once it holds the lock, then waits for its stdin to close and cleans up.
+# waits, "locked" once it holds the lock, then waits for its stdin to close and cleans up. Until "locked" its errors
+# go to stdout too, so that a failure to take the lock says why (a full disk, a directory it may not write).
 HOLD_SCRIPT = r"""d=$1; tag=$2; project=$3; wait=$4
+exec 3>&2 2>&1
 mkdir -p -- "$d" || exit 1
 exec 9>>"$d/.panel-lock" || exit 1
 if ! flock -n 9; then
@@ -43,6 +45,7 @@ if ! flock -n 9; then
 fi
 echo "${tag%-*}" >"$d/.panel-lock-holder"
 echo locked
+exec 2>&3 3>&-
 cat >/dev/null
 trap '' HUP PIPE
 tagged() { grep -lzxF -- "DOODBA_PANEL_JOB=$tag" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }
@@ -132,9 +135,11 @@ class Hold:
         channel.exec_command(shlex.join(argv))
         channel.settimeout(wait + 30)
         reader = channel.makefile("r")
+        errors: list[str] = []
         try:
             while True:
-                line = reader.readline().strip()
+                raw = reader.readline()
+                line = raw.strip()
                 if line == "locked":
                     on_message(f"Holding {self.subject}'s lock on {self.target.label}.")
                     return
@@ -148,12 +153,26 @@ class Hold:
                         f"Another job still holds {self.subject}'s lock on {self.target.label} after {wait:g} s: "
                         f"two jobs never change one {self.subject.split()[-1]} at once. Try again when it has finished."
                     )
-                raise RemoteError(f"Could not take {self.subject}'s lock on {self.target.label} (is flock installed?).")
+                if raw:  # an error of the script (kept for the message below), or an empty line
+                    if line:
+                        errors.append(line)
+                    continue
+                raise RemoteError(self._failure(errors))
         except TimeoutError as exc:
             raise Unreachable(f"{self.target.label} did not answer while taking {self.subject}'s lock.") from exc
         except BaseException:
             self._close_channel()
             raise
+
+    def _failure(self, errors: list[str]) -> str:
+        """Why the lock script ended without the lock, from what it printed."""
+        said = " ".join(errors)[-400:]
+        what = f"Could not take {self.subject}'s lock on {self.target.label} ({self.directory}/.panel-lock)"
+        if "No space left" in said or "Disk quota exceeded" in said:
+            return f"{what}: the server's disk is full ({said}). Free space there, then run the job again."
+        if "flock" in said and "not found" in said:
+            return f"{what}: flock is missing on the server (install util-linux). {said}"
+        return f"{what}: {said or 'the lock script ended without saying why (is flock installed?)'}"
 
     def abort(self, reason: str) -> None:
         """End the hold now (from any thread): the server ends the job's processes and the job stops."""
