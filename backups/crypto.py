@@ -19,6 +19,7 @@ from typing import BinaryIO
 import tink
 from tink import secret_key_access, streaming_aead
 
+# Tink's one error type: a ciphertext that does not authenticate, or a failure of the stream underneath.
 DecryptionError = tink.TinkError
 
 

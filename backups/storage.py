@@ -145,6 +145,8 @@ class _Sink(io.RawIOBase):
     def __init__(self, raw: _RawWriter) -> None:
         self._raw = raw
         self.aborted = False
+        # Tink turns an exception raised here into a TinkError; the writer raises this one instead.
+        self.error: BaseException | None = None
 
     def writable(self) -> bool:
         return True
@@ -153,7 +155,11 @@ class _Sink(io.RawIOBase):
         if self.aborted:
             return len(data)  # a garbage-collected stream flushing after abort(): drop it
         view = memoryview(data).cast("B")
-        self._raw.write(bytes(view))
+        try:
+            self._raw.write(bytes(view))
+        except BaseException as exc:
+            self.error = exc
+            raise
         return len(view)
 
 
@@ -200,8 +206,9 @@ class ObjectWriter:
                 self._encrypting.write(chunk)
             else:
                 self._raw.write(chunk)
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            self._raise_cause(exc)
             raise
 
     def close(self) -> StoredObject:
@@ -224,8 +231,9 @@ class ObjectWriter:
                 plain_sha256 = self._plain_sha256.hexdigest()
                 metadata[PLAIN_SHA256_METADATA] = plain_sha256
             self._raw.commit(metadata)
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            self._raise_cause(exc)
             raise
         self._state = "closed"
         encrypted = self._encrypting is not None
@@ -238,6 +246,13 @@ class ObjectWriter:
             plain_sha256=plain_sha256,
         )
         return self.result
+
+    def _raise_cause(self, exc: BaseException) -> None:
+        """Raise what the store said rather than the TinkError the encrypting stream wrapped it in."""
+        if self._sink is not None and self._sink.error is not None and isinstance(exc, crypto.DecryptionError):
+            raise self._sink.error from None
+        if isinstance(exc, crypto.DecryptionError):
+            raise StorageError(f"Encrypting {self.key} failed: {exc}") from exc
 
     def abort(self) -> None:
         """Throw the object away: nothing of it remains listed. Safe to call more than once."""

@@ -254,6 +254,16 @@ def test_it_refuses_a_part_that_the_store_did_not_receive_intact(
     assert s3.multipart_uploads() == []
 
 
+def test_it_reports_the_store_error_through_encryption(encrypted: S3Storage) -> None:
+    encrypted._client = Corrupting(encrypted._client, "flip")
+    # The store's refusal (rclone checks Content-MD5) or the ETag check (moto does not), not Tink's wrapper.
+    with pytest.raises(StorageError, match="part 2") as refused:
+        write(encrypted, "backups/5b/db.dump", pattern(16 * MiB))
+    assert "Tink" not in str(refused.value) and "UNKNOWN" not in str(refused.value)
+    assert list(encrypted.list()) == []
+    assert encrypted.multipart_uploads() == []
+
+
 def test_it_refuses_a_size_other_than_the_exact_one_expected(s3: S3Storage, local: Storage) -> None:
     for storage in (s3, local):
         with pytest.raises(IntegrityError, match="9 bytes were written, 10 were expected"):
