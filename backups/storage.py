@@ -279,8 +279,20 @@ class ObjectWriter:
 class _VerifyingReader(io.RawIOBase):
     """Reads a stream and, at its end, compares its size and SHA-256 with what was expected (IntegrityError)."""
 
-    def __init__(self, source: Any, *, key: str, size: int | None, sha256: str, what: str) -> None:
+    def __init__(
+        self,
+        source: Any,
+        *,
+        key: str,
+        size: int | None,
+        sha256: str,
+        what: str,
+        underlying: _VerifyingReader | None = None,
+    ) -> None:
         self._source = source
+        self._underlying = underlying
+        # What this reader raised: the decrypting stream above it turns that into a TinkError.
+        self.error: StorageError | None = None
         self._key = key
         self._size = size
         self._sha256 = sha256
@@ -293,10 +305,19 @@ class _VerifyingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        try:
+            return self._readinto(buffer)
+        except StorageError as exc:
+            self.error = exc
+            raise
+
+    def _readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         try:
             data = self._source.read(len(view))
         except crypto.DecryptionError as exc:
+            if self._underlying is not None and self._underlying.error is not None:
+                raise self._underlying.error from None  # the stored bytes' own error, not Tink's wrapping
             raise IntegrityError(f"{self._key}: the encrypted object does not authenticate ({exc}).") from exc
         except StorageError:
             raise
@@ -410,9 +431,13 @@ class Storage(ABC):
         that encrypts, an object that is not encrypted is refused unless ``expected`` says it was stored plain.
         """
         validate_key(key)
-        source: Any = self._raw_reader(self.prefix + key)
-        if expected is not None:
-            source = _VerifyingReader(source, key=key, size=expected.size, sha256=expected.sha256, what="stored object")
+        source = _VerifyingReader(
+            self._raw_reader(self.prefix + key),
+            key=key,
+            size=expected.size if expected is not None else None,
+            sha256=expected.sha256 if expected is not None else "",
+            what="stored object",
+        )
         head = _read_exactly(source, len(ENCRYPTED_MAGIC))
         if head == ENCRYPTED_MAGIC:
             if not self._keyset:
@@ -422,7 +447,8 @@ class Storage(ABC):
             size = expected.plain_size if expected is not None else None
             sha = expected.plain_sha256 if expected is not None else ""
             return io.BufferedReader(
-                _VerifyingReader(plain, key=key, size=size, sha256=sha, what="decrypted object"), CHUNK
+                _VerifyingReader(plain, key=key, size=size, sha256=sha, what="decrypted object", underlying=source),
+                CHUNK,
             )  # type: ignore[return-value]
         if self._encrypt and (expected is None or expected.encrypted):
             source.close()

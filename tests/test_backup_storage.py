@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tracemalloc
@@ -349,6 +350,12 @@ def test_it_detects_tampering_with_encrypted_objects(
     stored_as("backups/8/original", bytes(flipped))
     with pytest.raises(IntegrityError, match="SHA-256 is not the one recorded"):
         encrypted.verify("backups/8/original", original, decrypt=False)
+    # An intact object whose recorded checksum differs: the recorded checksum is named, not the decryption.
+    intact = write(encrypted, "backups/8/intact", pattern(size, seed=8))
+    with pytest.raises(IntegrityError, match="stored object's SHA-256 is not the one recorded"):
+        read_all(encrypted, "backups/8/intact", expected=dataclasses.replace(intact, sha256="0" * 64))
+    with pytest.raises(IntegrityError, match="decrypted object's SHA-256 is not the one recorded"):
+        read_all(encrypted, "backups/8/intact", expected=dataclasses.replace(intact, plain_sha256="0" * 64))
     # No expected checksums given: the authentication alone refuses each one.
     for key in ("flipped", "truncated", "cut-at-segment", "moved"):
         with pytest.raises(IntegrityError, match="does not authenticate"):
