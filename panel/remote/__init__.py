@@ -16,12 +16,14 @@ from panel.remote.errors import (
 from panel.remote.ssh import (
     CommandResult,
     HostKey,
+    StreamResult,
     Target,
     fetch_host_key,
     generate_key_pair,
     get_connection,
     run,
     run_capture,
+    stream,
 )
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "HostKeyMismatch",
     "HostKeyNotConfirmed",
     "RemoteError",
+    "StreamResult",
     "Target",
     "Unreachable",
     "fetch_host_key",
@@ -39,4 +42,5 @@ __all__ = [
     "get_connection",
     "run",
     "run_capture",
+    "stream",
 ]

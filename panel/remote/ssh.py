@@ -17,7 +17,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -420,6 +420,117 @@ def run(
         out.close()
         err.close()
         return channel.recv_exit_status()
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """How a streamed command ended: its exit code, the (capped) end of its stderr and the bytes moved."""
+
+    exit_code: int
+    stderr: str
+    bytes_out: int
+    bytes_in: int
+
+    @property
+    def ok(self) -> bool:
+        """Exit code 0."""
+        return self.exit_code == 0
+
+
+def stream(
+    target: Target,
+    argv: Sequence[str],
+    *,
+    sink: Callable[[bytes], None] | None = None,
+    source: Iterable[bytes] | None = None,
+    timeout: float | None = None,
+    idle_timeout: float | None = None,
+    stderr_limit: int = 64 * 1024,
+) -> StreamResult:
+    """Run ``argv`` on the server with binary stdin/stdout: each chunk of its stdout goes to ``sink`` as it
+    arrives, ``source``'s chunks are its stdin (none: stdin is closed at once). Returns the exit code, the last
+    ``stderr_limit`` bytes of stderr and the byte counts; it never raises for a non-zero exit (the caller decides).
+
+    Memory stays bounded: the SSH window (2 MiB) limits what the server sends before ``sink`` took the previous
+    chunk, and one chunk of ``source`` is in flight at a time. A command that stops reading its stdin early (it
+    exited) ends the feeding, not the call. Like ``run``, it refuses to start once the job's hold ended, is tagged
+    by it, and stops with ``HoldLost`` when the hold ends; ``timeout`` bounds the whole command, ``idle_timeout``
+    the time without a byte moving either way.
+    """
+    from panel.remote.session import HoldLost, current_hold
+
+    timeout = settings.SSH_COMMAND_TIMEOUT if timeout is None else timeout
+    idle_timeout = settings.SSH_IDLE_OUTPUT_TIMEOUT if idle_timeout is None else idle_timeout
+    name = argv[0]
+    held = current_hold(target)
+    if held is not None:
+        held.check()
+        argv = held.tagged(argv)
+    chunks = iter(source) if source is not None else None
+    pending = b""
+    err = bytearray()
+    bytes_out = bytes_in = 0
+    with exec_channel(target, argv) as channel:
+        if chunks is None:
+            channel.shutdown_write()
+        started = last_activity = time.monotonic()
+        while True:
+            if held is not None and held.lost():
+                raise HoldLost(held.lost_reason)
+            moved = False
+            if channel.recv_ready():
+                data = channel.recv(READ_CHUNK)
+                bytes_out += len(data)
+                if sink is not None and data:
+                    sink(data)
+                moved = True
+            if channel.recv_stderr_ready():
+                err += channel.recv_stderr(READ_CHUNK)
+                del err[:-stderr_limit]
+                moved = True
+            if chunks is not None:
+                if channel.exit_status_ready() or channel.closed:
+                    chunks = None  # it exited without reading all of its stdin: stop feeding it
+                elif not pending:
+                    pending = next(chunks, b"")
+                    if not pending:
+                        channel.shutdown_write()
+                        chunks = None
+                if pending and chunks is not None and channel.send_ready():
+                    try:
+                        sent = channel.send(pending[:READ_CHUNK])
+                    except OSError:
+                        sent, chunks = 0, None
+                    bytes_in += sent
+                    pending = pending[sent:]
+                    moved = moved or sent > 0
+            now = time.monotonic()
+            if now - started > timeout:
+                raise _timed_out(target, channel, held, f"{name} did not finish within {timeout:g} s", "")
+            if moved:
+                last_activity = now
+                continue
+            if channel.eof_received or channel.closed:
+                break
+            if now - last_activity > idle_timeout:
+                raise _timed_out(
+                    target, channel, held, f"{name} moved no data for {idle_timeout:g} s", "; it was stopped"
+                )
+            # Waiting for the window to open (stdin) is not visible to select(): poll it more often.
+            select.select([channel], [], [], 0.01 if pending else 0.2)
+        while channel.recv_ready():
+            data = channel.recv(READ_CHUNK)
+            bytes_out += len(data)
+            if sink is not None and data:
+                sink(data)
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(READ_CHUNK)
+            del err[:-stderr_limit]
+        remaining = max(1.0, timeout - (time.monotonic() - started))
+        if not channel.status_event.wait(remaining):
+            raise CommandTimeout(f"{name} did not report an exit status on {target.label}.")
+        code = channel.recv_exit_status()
+    return StreamResult(code, err.decode("utf-8", errors="replace"), bytes_out, bytes_in)
 
 
 def answers(transport: paramiko.Transport, within: float) -> bool:
