@@ -91,6 +91,7 @@ class CountingProxy:
             target.name, f"http://127.0.0.1:{port}", target.access_key_id, target.secret_access_key, target.root
         )
         self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
         self.sent = 0
         self._closed = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -109,6 +110,8 @@ class CountingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            with self._lock:
+                self._sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
@@ -131,6 +134,17 @@ class CountingProxy:
                 except OSError:
                     pass
                 sock.close()
+
+    def cut(self) -> None:
+        """The store becomes unreachable: stop listening and break every open connection."""
+        self.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Stop listening (a thread blocked in accept() keeps a listener open until it is shut down)."""

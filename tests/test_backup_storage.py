@@ -503,3 +503,29 @@ def test_it_sends_each_byte_once_and_fails_cleanly_when_the_store_is_unreachable
         storage.put_bytes("backups/9/small", b"x" * 100)
     with pytest.raises(StorageError, match="Starting the upload"):
         write(storage, "backups/9/large", pattern(6 * MiB))
+
+
+def test_it_never_lists_an_upload_whose_store_went_away_mid_stream(
+    orgs: dict[str, Any],
+    counting_proxy: CountingProxy,
+    s3_server: S3Endpoint,
+    s3_bucket: str,
+    small_parts: None,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings.BACKUP_S3_MAX_ATTEMPTS = 2
+    storage = open_storage(make_s3_storage(orgs["a"], counting_proxy.endpoint, s3_bucket))
+    writer = storage.writer("backups/10/db.dump")
+    chunks = pattern(30 * MiB, seed=10)
+    with pytest.raises(StorageError, match="Uploading part"):
+        for number, chunk in enumerate(chunks):
+            if number == 12:  # two parts are stored
+                counting_proxy.cut()
+            writer.write(chunk)
+    # The abort could not reach the store either; it says so, and the upload stays unlisted until cleanup.
+    assert "Aborting the upload of backups/10/db.dump failed" in caplog.text
+    direct = open_storage(make_s3_storage(orgs["a"], s3_server, s3_bucket, name="direct"))
+    assert list(direct.list()) == [] and direct.stat("backups/10/db.dump") is None
+    assert isinstance(direct, S3Storage) and len(direct.multipart_uploads()) == 1
+    assert direct.cleanup(older_than=0) == 1 and direct.multipart_uploads() == []
