@@ -529,3 +529,30 @@ def test_it_never_lists_an_upload_whose_store_went_away_mid_stream(
     assert list(direct.list()) == [] and direct.stat("backups/10/db.dump") is None
     assert isinstance(direct, S3Storage) and len(direct.multipart_uploads()) == 1
     assert direct.cleanup(older_than=0) == 1 and direct.multipart_uploads() == []
+
+
+def test_it_keeps_storage_secrets_and_encrypted_objects_readable_across_a_key_rotation(
+    orgs: dict[str, Any], backup_root: Path, settings: Any
+) -> None:
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    from panel import crypto as panel_crypto
+
+    row = make_local_storage(orgs["a"], backup_root / "rotated", encrypt=True)
+    BackupStorage.objects.filter(pk=row.pk).update(secret_access_key="kept-secret-123")
+    stored = open_storage(row).put_bytes("sealed", b"before the rotation")
+    old_key = settings.PANEL_ENCRYPTION_KEYS[0]
+    new_key = Fernet.generate_key().decode()
+    try:
+        settings.PANEL_ENCRYPTION_KEYS = [new_key, old_key]
+        panel_crypto.reset_key_cache()
+        call_command("rotate_encryption_keys")
+        settings.PANEL_ENCRYPTION_KEYS = [new_key]
+        panel_crypto.reset_key_cache()
+        fresh = BackupStorage.objects.get(pk=row.pk)
+        assert fresh.secret_access_key == "kept-secret-123" and fresh.encryption_keyset == row.encryption_keyset
+        with open_storage(fresh).reader("sealed", expected=stored) as stream:
+            assert stream.read() == b"before the rotation"
+    finally:
+        panel_crypto.reset_key_cache()
