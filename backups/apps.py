@@ -8,6 +8,8 @@ class BackupsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Registers the backup job's handler.
+        from backups import services  # noqa: F401
         from backups.extensions import BackupStorages
         from panel import extensions
 

@@ -1,4 +1,6 @@
-"""Models of the backups app: where backups are stored (``BackupStorage``)."""
+"""Models of the backups app: where backups are stored (``BackupStorage``), which storage and schedule each
+environment uses (``BackupSettings``), the backups themselves (``Backup``) and the deduplicated filestore files
+(``FilestoreObject``, one per content per storage)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from backups.validators import (
 )
 from panel.accounts.models import Organization
 from panel.crypto import EncryptedTextField
+from panel.inventory.models import Environment
+from panel.jobs.models import Job
 from panel.validators import validate_name
 
 
@@ -124,3 +128,129 @@ class BackupStorage(models.Model):
                 errors["path"] = "Only local storages have a directory."
         if errors:
             raise ValidationError(errors)
+
+
+class BackupSettings(models.Model):
+    """Where and when one environment is backed up (inventory knows nothing of backups: the link lives here)."""
+
+    environment = models.OneToOneField(Environment, on_delete=models.CASCADE, related_name="backup_settings")
+    storage = models.ForeignKey(BackupStorage, on_delete=models.PROTECT, related_name="environment_settings")
+    schedule = models.CharField(
+        max_length=200, blank=True, help_text="Cron expression (5 fields); blank: no scheduled backups."
+    )
+    time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone of the schedule.")
+
+    scope_organization = "environment__project__organization"
+
+    class Meta:
+        verbose_name_plural = "backup settings"
+
+    def __str__(self) -> str:
+        return f"Backups of {self.environment_id} into {self.storage_id}"
+
+    def clean(self) -> None:
+        """The schedule is valid in its time zone, and the storage belongs to the environment's organization."""
+        super().clean()
+        from backups.schedule import validate_schedule
+
+        if self.schedule:
+            validate_schedule(self.schedule, self.time_zone)
+        if (
+            self.storage_id is not None
+            and self.environment_id is not None
+            and self.storage.organization_id != self.environment.project.organization_id
+        ):
+            raise ValidationError({"storage": "Choose a backup storage of the environment's organization."})
+
+
+class BackupKind(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    MANUAL = "manual", "Manual"
+    PRE_DEPLOY = "pre-deploy", "Before a deploy"
+
+
+class BackupStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    GOOD = "good", "Good"
+    FAILED = "failed", "Failed"
+    INTERRUPTED = "interrupted", "Interrupted"
+
+
+class Backup(models.Model):
+    """One backup of an environment: its database dump, filestore and manifest in one storage.
+
+    ``status`` is ``good`` only once every object was confirmed by the storage and ``pg_restore --list`` accepted
+    the dump; it is set at the very end of the job, so a backup whose job died stays ``running`` until the job's
+    end is seen (``backups.services.settle_backups``), then ``interrupted``.
+    """
+
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="backups")
+    storage = models.ForeignKey(BackupStorage, on_delete=models.PROTECT, related_name="backups")
+    kind = models.CharField(max_length=16, choices=BackupKind.choices)
+    status = models.CharField(max_length=16, choices=BackupStatus.choices, default=BackupStatus.RUNNING)
+    reason = models.TextField(blank=True)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="backups")
+    key_prefix = models.CharField(max_length=300, help_text="Where the backup's own objects are in the storage.")
+    manifest = models.JSONField(default=dict, blank=True)
+    database_bytes = models.BigIntegerField(default=0)
+    filestore_bytes = models.BigIntegerField(default=0, help_text="Every file the backup lists, stored or reused.")
+    uploaded_bytes = models.BigIntegerField(default=0, help_text="What this backup wrote to the storage.")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+
+    scope_organization = "environment__project__organization"
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["storage", "key_prefix"], name="backup_key_prefix_unique_per_storage"),
+            models.CheckConstraint(
+                condition=~models.Q(status="good") | (models.Q(finished_at__isnull=False) & ~models.Q(manifest={})),
+                name="backup_good_has_manifest_and_end",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(database_bytes__gte=0)
+                & models.Q(filestore_bytes__gte=0)
+                & models.Q(uploaded_bytes__gte=0),
+                name="backup_sizes_not_negative",
+            ),
+        ]
+        indexes = [models.Index(fields=["environment", "status", "-started_at"], name="backup_env_status_idx")]
+
+    def __str__(self) -> str:
+        return f"Backup #{self.pk}"
+
+    @property
+    def size(self) -> int:
+        """Database dump plus filestore, in bytes."""
+        return self.database_bytes + self.filestore_bytes
+
+
+class FilestoreObject(models.Model):
+    """A filestore file stored once in a storage under its content's name (``filestore/<xx>/<sha1>``).
+
+    A row exists only after the storage confirmed the object; every later backup that lists a file with this
+    SHA-1 reuses it instead of uploading it again. ``sha256`` is of the stored bytes (ciphertext when
+    encrypted), ``plain_sha256`` of the file itself.
+    """
+
+    storage = models.ForeignKey(BackupStorage, on_delete=models.PROTECT, related_name="filestore_objects")
+    sha1 = models.CharField(max_length=40)
+    key = models.CharField(max_length=300)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    encrypted = models.BooleanField(default=False)
+    plain_size = models.BigIntegerField(null=True, blank=True)
+    plain_sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["storage", "sha1"], name="filestore_object_unique_per_storage"),
+            models.CheckConstraint(condition=models.Q(sha1__regex=r"^[0-9a-f]{40}$"), name="filestore_object_sha1"),
+            models.CheckConstraint(condition=models.Q(size__gte=0), name="filestore_object_size_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key

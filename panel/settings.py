@@ -229,6 +229,12 @@ BACKUP_ZIP_MAX_MEMBERS = envint("BACKUP_ZIP_MAX_MEMBERS", 500_000, minimum=1)
 BACKUP_ZIP_MAX_MEMBER_GIB = envint("BACKUP_ZIP_MAX_MEMBER_GIB", 256, minimum=1)
 BACKUP_ZIP_MAX_TOTAL_GIB = envint("BACKUP_ZIP_MAX_TOTAL_GIB", 512, minimum=1)
 BACKUP_ZIP_MAX_RATIO = envint("BACKUP_ZIP_MAX_RATIO", 200, minimum=1)
+# The backup job (backups.services): pg_dump's compression where the server's pg_dump supports it (zstd and lz4
+# need PostgreSQL 16+; older ones use gzip), and how long one streamed step (dump, filestore) may take in all and
+# without moving a byte.
+BACKUP_DUMP_COMPRESSION = envchoice("BACKUP_DUMP_COMPRESSION", "zstd", ("zstd", "lz4", "gzip"))
+BACKUP_STEP_TIMEOUT = envfloat("BACKUP_STEP_TIMEOUT", 6 * 3600.0)
+BACKUP_IDLE_TIMEOUT = envfloat("BACKUP_IDLE_TIMEOUT", 600.0)
 
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")

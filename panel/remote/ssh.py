@@ -446,9 +446,11 @@ def stream(
     timeout: float | None = None,
     idle_timeout: float | None = None,
     stderr_limit: int = 64 * 1024,
+    close_stdin: bool = True,
 ) -> StreamResult:
     """Run ``argv`` on the server with binary stdin/stdout: each chunk of its stdout goes to ``sink`` as it
-    arrives, ``source``'s chunks are its stdin (none: stdin is closed at once). Returns the exit code, the last
+    arrives, ``source``'s chunks are its stdin (none: stdin is closed at once, unless ``close_stdin`` is false: then
+    it stays open until the command ended, for commands that watch it to end with the connection). Returns the exit code, the last
     ``stderr_limit`` bytes of stderr and the byte counts; it never raises for a non-zero exit (the caller decides).
 
     Memory stays bounded: the SSH window (2 MiB) limits what the server sends before ``sink`` took the previous
@@ -471,7 +473,7 @@ def stream(
     err = bytearray()
     bytes_out = bytes_in = 0
     with exec_channel(target, argv) as channel:
-        if chunks is None:
+        if chunks is None and close_stdin:
             channel.shutdown_write()
         started = last_activity = time.monotonic()
         while True:
