@@ -10,8 +10,9 @@ class BackupsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the backup job's handler.
         from backups import services  # noqa: F401
-        from backups.extensions import BackupStorages
+        from backups.extensions import BackupStorages, EnvironmentBackups
         from panel import extensions
 
-        # The backup storages' API collection (panel.extensions).
+        # The backup storages' API collection, and the environment page's Backups section (panel.extensions).
         extensions.register(BackupStorages())
+        extensions.register(EnvironmentBackups())

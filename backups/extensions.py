@@ -1,12 +1,18 @@
 """What backups add to the panel through ``panel.extensions``, registered in ``BackupsConfig.ready()``.
 
 - API: the ``/backup-storages/`` collection (``backups.api``).
+- Environment page and API: the *Backups* section (*Backup now*, the newest backups), ``POST
+  /environments/{id}/backup/``, the ``/backups/`` collection (``backups.backup_api``) and ``backups.urls``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from backups.api import BackupStorageViewSet
-from panel.extensions import Contribution
+from backups.backup_api import BackupViewSet, EnvironmentBackupActions
+from backups.views import environment_backups_context
+from panel.extensions import Contribution, Page
 
 
 class BackupStorages(Contribution):
@@ -17,3 +23,20 @@ class BackupStorages(Contribution):
     model = "server"
     order = 200
     api_routes = (("backup-storages", BackupStorageViewSet, "backup-storage"),)
+
+
+class EnvironmentBackups(Contribution):
+    """The *Backups* section, *Backup now* and the backups' API."""
+
+    name = "backups.environment"
+    model = "environment"
+    order = 200
+    templates = {"sections": "backups/_environment_section.html"}
+    viewset_mixins = (EnvironmentBackupActions,)
+    api_routes = (("backups", BackupViewSet, "backup"),)
+    html_urls = "backups.urls"
+
+    def context(self, page: Page) -> dict[str, Any]:
+        return environment_backups_context(
+            page.request, page.obj, show_details=page.show_details, may_change=page.may_change
+        )

@@ -1,0 +1,125 @@
+"""API of backups: ``POST /api/v1/environments/{id}/backup/`` (*Backup now*) and ``/api/v1/backups/``.
+
+- *Backup now*: owners and operators (``change`` on the environment); 202 with the backup and its queued job,
+  **409** ``{"detail", "job"}`` while another job (a deploy, a backup) holds the environment, 400 when the
+  environment has no backup storage.
+- ``GET /backups/?environment=<id>``, ``GET /backups/{id}/``: everyone who may see the environment, newest first.
+  Customers see only production environments' backups, and of them only the date and the state.
+
+Objects outside ``for_user(..., action)`` answer 404, like unknown ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from backups.models import Backup
+from backups.services import settle_backups, start_backup
+from panel.accounts.api.serializers import CustomerViewMixin, DetailSerializer
+from panel.accounts.choices import Action
+from panel.accounts.scoping import for_user, organization_ids
+from panel.inventory.choices import EnvironmentKind
+from panel.jobs.api.serializers import JobBusySerializer, JobSerializer
+from panel.jobs.api.views import busy_response
+from panel.jobs.runner import JobFailed
+from panel.jobs.services import TargetBusy
+
+
+class BackupSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
+    """A backup of an environment (customers: its dates and state only)."""
+
+    customer_fields = ("id", "environment", "kind", "status", "started_at", "finished_at", "verified_at")
+    size = serializers.IntegerField(read_only=True, help_text="Database dump plus filestore, in bytes.")
+    objects = serializers.SerializerMethodField(help_text="How many objects the manifest lists.")
+
+    class Meta:
+        model = Backup
+        fields = [
+            "id", "environment", "storage", "kind", "status", "reason", "job", "key_prefix", "size",
+            "database_bytes", "filestore_bytes", "uploaded_bytes", "objects", "started_at", "finished_at",
+            "verified_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def organization_id_of(self, instance: Backup) -> int:
+        return int(instance.environment.project.organization_id)
+
+    def get_objects(self, instance: Backup) -> int:
+        return len(instance.manifest.get("objects", [])) + (1 if instance.manifest else 0)
+
+
+class BackupStartedSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """202: the backup record and the queued job that takes it."""
+
+    backup = BackupSerializer(read_only=True)
+    job = JobSerializer(read_only=True)
+
+
+class BackupFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    environment = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+
+def visible_backups(user: Any) -> models.QuerySet[Backup]:
+    """The backups ``user`` may see: staff all of their organizations', customers production ones only."""
+    queryset = for_user(Backup.objects.select_related("environment__project", "job"), user, Action.VIEW)
+    staff = organization_ids(user, Action.VIEW_DETAILS)
+    return queryset.filter(
+        Q(environment__project__organization_id__in=staff) | Q(environment__kind=EnvironmentKind.PRODUCTION)
+    )
+
+
+class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
+    """*Backup now*, mixed into ``EnvironmentViewSet`` (``get_object`` scopes POST to ``change``)."""
+
+    @extend_schema(
+        request=None,
+        responses={202: BackupStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def backup(self, request: Request, pk: str | None = None) -> Response:
+        """Back up the environment now (database, filestore and manifest into its backup storage)."""
+        environment = self.get_object()
+        try:
+            backup = start_backup(environment=environment, actor=request.user, trigger="api")
+        except TargetBusy as exc:
+            return busy_response(exc)
+        except JobFailed as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        body = BackupStartedSerializer({"backup": backup, "job": backup.job}, context=self.get_serializer_context())
+        return Response(body.data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[OpenApiParameter("environment", OpenApiTypes.INT, description="Only this environment's.")]
+    )
+)
+class BackupViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+    """Backups of the caller's environments, newest first; customers see production ones, dates and state only."""
+
+    serializer_class = BackupSerializer
+
+    def get_queryset(self) -> models.QuerySet[Backup]:
+        if getattr(self, "swagger_fake_view", False):
+            return Backup.objects.none()
+        queryset = visible_backups(self.request.user)
+        if self.action == "list":
+            query = BackupFilterSerializer(data=self.request.query_params)
+            query.is_valid(raise_exception=True)
+            if "environment" in query.validated_data:
+                queryset = queryset.filter(environment_id=query.validated_data["environment"])
+        return queryset
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # A backup whose job died is shown as what it is (interrupted), never as still running.
+        settle_backups()
+        return super().list(request, *args, **kwargs)

@@ -1,0 +1,138 @@
+"""*Backup now* and the backup list through the API and the environment page: who may start one (202 / 409 /
+400 / 404), what each role sees (customers: production backups' dates and states only), and a backup whose job
+died shown as interrupted, never as running or good.
+
+No worker runs here, so the jobs these requests queue stay queued; backups that "ran" are made directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from backups.models import Backup, BackupSettings
+from backups.services import settle_backups
+from panel.accounts.models import AuditEvent
+from panel.inventory.models import Environment
+from panel.jobs.choices import JobKind, JobStatus
+from panel.jobs.models import Job
+from tests.backup_fixtures import make_local_storage
+
+pytestmark = pytest.mark.django_db
+
+CUSTOMER_FIELDS = {"id", "environment", "kind", "status", "started_at", "finished_at", "verified_at"}
+
+
+def client_for(user: Any) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def configured(inventory: dict[str, Any], backup_root: Any) -> dict[str, Any]:
+    """env_a (production, org A1) backs up into a local storage of A1; a staging environment beside it too."""
+    env = inventory["env_a"]
+    storage = make_local_storage(env.project.organization, backup_root)
+    BackupSettings.objects.create(environment=env, storage=storage)
+    staging = Environment.objects.create(
+        project=env.project, server=env.server, name="staging", kind="staging", compose_files=["prod.yaml"],
+        compose_project="shop-16-0-staging",
+    )  # fmt: skip
+    BackupSettings.objects.create(environment=staging, storage=storage)
+    return {**inventory, "storage": storage, "staging": staging}
+
+
+def ran_backup(
+    environment: Environment, storage: Any, *, status: str = "good", job_status: str = "succeeded"
+) -> Backup:
+    job = Job.objects.create(
+        kind=JobKind.BACKUP, organization=environment.project.organization, environment=environment, status=job_status
+    )
+    now = timezone.now()
+    return Backup.objects.create(
+        environment=environment, storage=storage, kind="manual", job=job, status=status,
+        key_prefix=f"backups/{environment.compose_project}/{job.pk}", database_bytes=1000, filestore_bytes=2000,
+        manifest={"objects": [{"key": "x"}]} if status == "good" else {}, finished_at=now if status == "good" else None,
+        verified_at=now if status == "good" else None,
+    )  # fmt: skip
+
+
+def test_it_starts_a_backup_and_refuses_a_second_while_it_holds_the_environment(configured, users) -> None:
+    env = configured["env_a"]
+    response = client_for(users["olga"]).post(f"/api/v1/environments/{env.pk}/backup/")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    backup = Backup.objects.get(pk=body["backup"]["id"])
+    assert body["backup"]["status"] == "running" and body["job"]["id"] == backup.job_id
+    assert backup.job.kind == "backup" and backup.job.lock_key == f"environment:{env.pk}"
+    assert backup.storage == configured["storage"] and backup.key_prefix.startswith("backups/shop-16-0-prod/")
+    assert AuditEvent.objects.filter(action="environment.backup").exists()
+    again = client_for(users["alice"]).post(f"/api/v1/environments/{env.pk}/backup/")
+    assert again.status_code == 409 and again.json()["job"] == backup.job_id
+    # A deploy holds the same lock: a backup never overlaps it.
+    Job.objects.filter(pk=backup.job_id).update(status=JobStatus.SUCCEEDED, lock_key=None)
+    Job.objects.create(kind=JobKind.DEPLOY, organization=env.project.organization, environment=env,
+                       lock_key=f"environment:{env.pk}")  # fmt: skip
+    assert client_for(users["olga"]).post(f"/api/v1/environments/{env.pk}/backup/").status_code == 409
+
+
+def test_it_answers_400_without_a_storage_and_404_to_viewers_customers_and_strangers(configured, users) -> None:
+    env = configured["env_a"]
+    BackupSettings.objects.filter(environment=env).delete()
+    response = client_for(users["alice"]).post(f"/api/v1/environments/{env.pk}/backup/")
+    assert response.status_code == 400 and "no backup storage" in response.json()["detail"]
+    for name in ("victor", "carol", "bob"):
+        assert client_for(users[name]).post(f"/api/v1/environments/{env.pk}/backup/").status_code == 404, name
+    assert not Backup.objects.exists()
+
+
+def test_customers_see_only_production_backups_dates_and_states(configured, users) -> None:
+    prod = ran_backup(configured["env_a"], configured["storage"])
+    staging = ran_backup(configured["staging"], configured["storage"])
+    staff = client_for(users["victor"]).get("/api/v1/backups/").json()
+    assert {item["id"] for item in staff["results"]} == {prod.pk, staging.pk}
+    assert staff["results"][0]["size"] == 3000
+    customer = client_for(users["carol"]).get("/api/v1/backups/").json()
+    assert [item["id"] for item in customer["results"]] == [prod.pk]
+    assert set(customer["results"][0]) == CUSTOMER_FIELDS
+    assert client_for(users["carol"]).get(f"/api/v1/backups/{staging.pk}/").status_code == 404
+    assert client_for(users["bob"]).get(f"/api/v1/backups/{prod.pk}/").status_code == 404
+    assert client_for(users["bob"]).get("/api/v1/backups/").json()["results"] == []
+    assert client_for(users["victor"]).get("/api/v1/backups/?environment=x").status_code == 400
+
+
+def test_a_backup_whose_job_died_is_interrupted_never_running_or_good(configured, users) -> None:
+    backup = ran_backup(configured["env_a"], configured["storage"], status="running", job_status="running")
+    assert settle_backups() == 0
+    Job.objects.filter(pk=backup.job_id).update(status=JobStatus.INTERRUPTED, reason="The worker stopped responding.")
+    listed = client_for(users["alice"]).get(f"/api/v1/backups/?environment={configured['env_a'].pk}").json()
+    assert listed["results"][0]["status"] == "interrupted"
+    backup.refresh_from_db()
+    assert backup.status == "interrupted" and "worker stopped responding" in backup.reason and backup.finished_at
+
+
+def test_the_environment_page_lists_backups_with_a_backup_now_button(configured, users, client) -> None:
+    env, staging = configured["env_a"], configured["staging"]
+    ran_backup(env, configured["storage"])
+    ran_backup(env, configured["storage"], status="failed", job_status="failed")
+    client.force_login(users["olga"])
+    page = client.get(f"/environments/{env.pk}/").content.decode()
+    assert 'data-testid="backup-now"' in page and page.count('data-testid="backup-row"') == 2
+    assert "2.9\xa0KB" in page and "Manual" in page and ">good<" in page and ">failed<" in page
+    response = client.post(f"/environments/{env.pk}/backup/")
+    backup = Backup.objects.get(status="running")
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{backup.job_id}/"
+    client.force_login(users["victor"])
+    assert 'data-testid="backup-now"' not in client.get(f"/environments/{env.pk}/").content.decode()
+    assert client.post(f"/environments/{env.pk}/backup/").status_code == 404
+    client.force_login(users["carol"])
+    page = client.get(f"/environments/{env.pk}/").content.decode()
+    section = page.partition('data-testid="backups"')[2]
+    assert section.count('data-testid="backup-row"') == 3 and ">good<" in section
+    assert "KB" not in section and "Manual" not in section and "job #" not in section and "backup-now" not in section
+    ran_backup(staging, configured["storage"])
+    assert 'data-testid="backups"' not in client.get(f"/environments/{staging.pk}/").content.decode()
