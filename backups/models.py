@@ -154,7 +154,10 @@ class BackupSettings(models.Model):
         from backups.schedule import validate_schedule
 
         if self.schedule:
-            validate_schedule(self.schedule, self.time_zone)
+            try:
+                self.schedule = validate_schedule(self.schedule, self.time_zone)
+            except ValidationError as exc:
+                raise ValidationError({"schedule": exc.messages}) from exc
         if (
             self.storage_id is not None
             and self.environment_id is not None

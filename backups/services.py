@@ -294,6 +294,9 @@ class BackupRun:
 
     def facts(self) -> dict[str, Any]:
         """What the manifest says about the environment: database, versions, commit, installed modules."""
+        if self.environment.current_deployment is None:
+            # The compose files (and the panel's override) are there only once the panel deployed it.
+            raise BackupFailed("Nothing has been deployed here by the panel yet: deploy the environment first.")
         odoo_out = self.capture(self.exec(ODOO_SERVICE, "sh", "-c", ODOO_FACTS_SCRIPT), "Reading Odoo's settings")
         lines = [*odoo_out.splitlines(), "", ""][:2]
         database, image_version = lines[0].strip(), lines[1].strip()

@@ -136,3 +136,29 @@ def test_the_environment_page_lists_backups_with_a_backup_now_button(configured,
     assert "KB" not in section and "Manual" not in section and "job #" not in section and "backup-now" not in section
     ran_backup(staging, configured["storage"])
     assert 'data-testid="backups"' not in client.get(f"/environments/{staging.pk}/").content.decode()
+
+
+def test_backup_settings_validate_the_schedule_and_the_storage_organization(configured, users) -> None:
+    from django.core.exceptions import ValidationError
+
+    from backups.services import BackupRun
+
+    config = BackupSettings.objects.get(environment=configured["env_a"])
+    config.schedule, config.time_zone = "0 3 * * *", "Europe/Madrid"
+    config.full_clean()
+    for schedule, zone, message in (
+        ("* * * * *", "UTC", "at most every 1 hour"),
+        ("0 3 * *", "UTC", "five"),
+        ("0 3 * * *", "Mars/Olympus", "time zone"),
+    ):
+        config.schedule, config.time_zone = schedule, zone
+        with pytest.raises(ValidationError, match=message) as raised:
+            config.full_clean()
+        assert set(raised.value.message_dict) == {"schedule"}
+    config.schedule, config.time_zone = "", "UTC"
+    config.storage = make_local_storage(configured["env_b"].project.organization, configured["storage"].path, name="b")
+    with pytest.raises(ValidationError, match="organization"):
+        config.full_clean()
+    # zstd/lz4 only where pg_dump has them (16+); gzip before.
+    run = BackupRun.__new__(BackupRun)
+    assert run.compression(15) == ["--compress=6"] and run.compression(16) == ["--compress=zstd"]

@@ -134,6 +134,11 @@ def test_it_backs_up_database_and_filestore_as_one_verified_unit_locally(
     log = job_log(backup)
     assert "pg_restore --list accepts the dump" in log and "MB/s" in log
     assert backup.database_bytes > 0 and backup.filestore_bytes >= len(named) + len(odd)
+    # Nothing of the backup is left running in the containers (pg_dump's stdin watcher included).
+    for container in (DB, ODOO):
+        script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"
+        procs = lab1.ssh("docker", "exec", container, "sh", "-c", script).stdout
+        assert not [line for line in procs.splitlines() if line.split()[:1] in (["cat"], ["pg_dump"], ["tar"])], procs
 
 
 def test_it_uploads_only_the_dump_and_the_manifest_for_an_unchanged_filestore(
@@ -173,7 +178,8 @@ def test_it_uploads_only_the_dump_and_the_manifest_for_an_unchanged_filestore(
 def test_it_refuses_a_file_whose_content_does_not_match_its_name(
     deployed, jobs_worker, lab1, local_root, users
 ) -> None:
-    storage_row = make_local_storage(deployed.project.organization, local_root)
+    # An encrypting storage: the dump is checked through decryption, the manifest has both checksums.
+    storage_row = make_local_storage(deployed.project.organization, local_root, encrypt=True)
     BackupSettings.objects.create(environment=deployed, storage=storage_row)
     genuine = os.urandom(1000)
     liar = content_named(b"what the name promises")
@@ -188,6 +194,10 @@ def test_it_refuses_a_file_whose_content_does_not_match_its_name(
     kept = next(e for e in manifest["objects"] if e["role"] == "filestore-mismatched")
     assert kept["files"] == manifest["filestore"]["mismatched"]
     assert f"{liar}: its content does not match its name" in job_log(backup)
+    stored = next(e for e in manifest["objects"] if e.get("name") == content_named(genuine))
+    assert stored["encrypted"] and stored["plain_size"] == len(genuine)
+    assert stored["plain_sha256"] == hashlib.sha256(genuine).hexdigest() != stored["sha256"]
+    assert genuine not in raw_bytes(storage_row, stored["key"], None)
 
 
 def test_it_never_records_a_backup_whose_worker_was_killed_mid_dump_as_good(
@@ -222,4 +232,5 @@ def test_it_never_records_a_backup_whose_worker_was_killed_mid_dump_as_good(
         time.sleep(0.5)
     assert dumps == "0", "pg_dump kept running in the db container"
     assert [obj.key for obj in open_storage(storage_row).list(backup.key_prefix + "/")] == []
+    assert not JobLogLine.objects.filter(job=job, text__startswith="Dumped and stored").exists(), "killed too late"
     jobs_worker.start()
