@@ -49,7 +49,7 @@ app.autodiscover_tasks(["panel.jobs", "deployments", "backups", "monitoring"])
 
 @app.on_after_finalize.connect
 def _periodic_tasks(sender: Celery, **_: object) -> None:
-    """Register the job reaper at the configured interval (synced into django-celery-beat's tables by beat)."""
+    """Register the job reaper, the backup schedule fan-out and pruning at their configured intervals (synced into django-celery-beat's tables by beat)."""
     from django.conf import settings
 
     sender.conf.beat_schedule = {
@@ -57,5 +57,16 @@ def _periodic_tasks(sender: Celery, **_: object) -> None:
             "task": "panel.jobs.tasks.reap_stale_jobs",
             "schedule": settings.JOB_REAPER_INTERVAL,
             "options": {"queue": "monitoring", "expires": settings.JOB_REAPER_INTERVAL},
+        },
+        # One fan-out for every environment's backup schedule (no entry per environment), and pruning.
+        "backup-schedules": {
+            "task": "backups.tasks.run_schedules",
+            "schedule": settings.BACKUP_SCHEDULE_INTERVAL,
+            "options": {"queue": "monitoring", "expires": settings.BACKUP_SCHEDULE_INTERVAL},
+        },
+        "prune-backups": {
+            "task": "backups.tasks.prune_backups",
+            "schedule": settings.BACKUP_PRUNE_INTERVAL,
+            "options": {"queue": "monitoring", "expires": settings.BACKUP_PRUNE_INTERVAL},
         },
     }

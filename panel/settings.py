@@ -160,6 +160,7 @@ CELERY_TASK_DEFAULT_QUEUE = "jobs"
 CELERY_TASK_ROUTES = {
     "panel.jobs.tasks.run_job": {"queue": "jobs"},
     "panel.jobs.tasks.reap_stale_jobs": {"queue": "monitoring"},
+    "backups.tasks.*": {"queue": "monitoring"},
     "monitoring.*": {"queue": "monitoring"},
 }
 # Ride out broker restarts: a worker retries the connection forever (at start and after a loss) instead of
@@ -235,6 +236,13 @@ BACKUP_ZIP_MAX_RATIO = envint("BACKUP_ZIP_MAX_RATIO", 200, minimum=1)
 BACKUP_DUMP_COMPRESSION = envchoice("BACKUP_DUMP_COMPRESSION", "zstd", ("zstd", "lz4", "gzip"))
 BACKUP_STEP_TIMEOUT = envfloat("BACKUP_STEP_TIMEOUT", 6 * 3600.0)
 BACKUP_IDLE_TIMEOUT = envfloat("BACKUP_IDLE_TIMEOUT", 600.0)
+# Verify, the schedule fan-out and pruning (backups.verify, backups.scheduling): the panel host's pg_restore that
+# reads a dump being verified ('' = don't), how many backups run at once per server, how often the fan-out (due
+# backups, the overdue flag) and pruning run (seconds).
+BACKUP_VERIFY_PG_RESTORE = envstr("BACKUP_VERIFY_PG_RESTORE", "pg_restore")
+BACKUP_MAX_PER_SERVER = envint("BACKUP_MAX_PER_SERVER", 2, minimum=1)
+BACKUP_SCHEDULE_INTERVAL = envint("BACKUP_SCHEDULE_INTERVAL", 60, minimum=1)
+BACKUP_PRUNE_INTERVAL = envint("BACKUP_PRUNE_INTERVAL", 3600, minimum=60)
 
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")
