@@ -24,6 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Q
 
 from backups import retention
@@ -319,27 +320,36 @@ def _delete_own_objects(backup: Backup) -> int:
 
 
 def _delete_unlisted_files(backup_storage: BackupStorage, report: PruneReport) -> int:
-    """Delete the filestore files of the storage that no remaining backup lists (none while one is running)."""
+    """Delete the filestore files of the storage that no remaining backup lists (none while one is running).
+
+    The rows go first, in one transaction with the check that no backup into the storage runs, and the objects
+    after it committed: a backup that starts meanwhile no longer finds the rows and uploads those files again
+    rather than listing an object that is about to go. (The other order could leave a row, which every later backup
+    trusts, without its object; this one at worst leaves an object without a row, which costs only space.) An
+    object that was uploaded again in between (its row is back) is left alone.
+    """
     storage_id = backup_storage.pk
     backups = Backup.objects.filter(storage_id=storage_id)
     running = Q(status=BackupStatus.RUNNING) | Q(job__status__in=ACTIVE_STATES, job__kind=JobKind.BACKUP)
-    if backups.filter(running).exists():
-        report.errors.append(f"storage {storage_id}: a backup into it is running; its files are pruned later")
-        return 0
-    kept = [_manifest_keys(backup, filestore=True) for backup in backups.only("manifest")]
-    listed = [obj.key for obj in FilestoreObject.objects.filter(storage_id=storage_id).only("key")]
-    doomed = retention.files_to_delete(kept, [listed])
-    if not doomed:
-        return 0
+    with transaction.atomic():
+        if backups.filter(running).exists():
+            report.errors.append(f"storage {storage_id}: a backup into it is running; its files are pruned later")
+            return 0
+        kept = [_manifest_keys(backup, filestore=True) for backup in backups.only("manifest")]
+        listed = [obj.key for obj in FilestoreObject.objects.filter(storage_id=storage_id).only("key")]
+        doomed = sorted(retention.files_to_delete(kept, [listed]))
+        if not doomed:
+            return 0
+        FilestoreObject.objects.filter(storage_id=storage_id, key__in=doomed).delete()
     storage = open_storage(backup_storage)
     deleted = 0
-    for obj in FilestoreObject.objects.filter(storage_id=storage_id, key__in=sorted(doomed)):
-        try:
-            storage.delete(obj.key)
-        except StorageError as exc:
-            report.errors.append(f"{obj.key}: {exc}")
+    for key in doomed:
+        if FilestoreObject.objects.filter(storage_id=storage_id, key=key).exists():
             continue
-        # The row goes only after the object: a row always means the object is (or may be) there.
-        obj.delete()
+        try:
+            storage.delete(key)
+        except StorageError as exc:
+            report.errors.append(f"{key}: {exc}")
+            continue
         deleted += 1
     return deleted

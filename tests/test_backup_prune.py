@@ -15,7 +15,7 @@ from backups.scheduling import prune
 from panel.inventory.models import Environment
 from panel.jobs.models import Job
 from tests.backup_fixtures import make_local_storage
-from tests.backup_rows import make_backup
+from tests.backup_rows import make_backup, store_file
 
 SHARED = b"the logo every backup lists\n"
 
@@ -58,8 +58,11 @@ def _exists(root: Path, key: str) -> bool:
 
 def test_it_deletes_pruned_backups_and_only_the_files_no_kept_backup_lists(history: dict[str, Any]) -> None:
     root, backups = history["root"], history["backups"]
+    # What an interrupted backup uploaded and never listed goes too.
+    orphan = store_file(history["storage"], b"uploaded by a backup that was killed\n")
     report = prune(history["now"])
     kept, pruned = backups[:3], backups[3:]
+    assert not _exists(root, orphan.key)
     assert sorted(report.backups) == sorted(backup.pk for backup in pruned)
     assert set(Backup.objects.values_list("pk", flat=True)) == {backup.pk for backup in kept}
     for backup in pruned:
@@ -70,7 +73,7 @@ def test_it_deletes_pruned_backups_and_only_the_files_no_kept_backup_lists(histo
         assert all(_exists(root, key) for key in _own(backup) + _files(backup))
     shared_key = _files(backups[0])[0]
     assert _exists(root, shared_key)  # every pruned backup listed it, but so do the kept ones
-    assert report.filestore_objects == len(pruned)
+    assert report.filestore_objects == len(pruned) + 1
     assert set(FilestoreObject.objects.values_list("key", flat=True)) == {
         key for backup in kept for key in _files(backup)
     }
@@ -90,14 +93,20 @@ def test_it_never_prunes_the_newest_verified_or_a_backup_a_restore_uses(
         kind="restore", organization=staging.project.organization, environment=staging,
         lock_key=f"environment:{staging.pk}", status="running", params={"backup_id": backups[-1].pk},
     )  # fmt: skip
+    # A verify of another one reads it too.
+    environment = history["environment"]
+    Job.objects.create(
+        kind="verify", organization=environment.project.organization, environment=environment,
+        lock_key=f"backup:{backups[-2].pk}", status="queued", params={"backup_id": backups[-2].pk},
+    )  # fmt: skip
     # A failed backup older than the grace is pruned too.
     make_backup(history["environment"], history["storage"], status="failed",
                 started_at=history["now"] - timedelta(hours=30))  # fmt: skip
     report = prune(history["now"])
     remaining = set(Backup.objects.values_list("pk", flat=True))
-    assert remaining == {backups[0].pk, backups[-1].pk}
-    assert len(report.backups) == 9
-    for backup in (backups[0], backups[-1]):
+    assert remaining == {backups[0].pk, backups[-2].pk, backups[-1].pk}
+    assert len(report.backups) == 8
+    for backup in (backups[0], backups[-2], backups[-1]):
         assert all(_exists(root, key) for key in _own(backup) + _files(backup))
 
 
