@@ -234,3 +234,49 @@ def test_it_never_records_a_backup_whose_worker_was_killed_mid_dump_as_good(
     assert [obj.key for obj in open_storage(storage_row).list(backup.key_prefix + "/")] == []
     assert not JobLogLine.objects.filter(job=job, text__startswith="Dumped and stored").exists(), "killed too late"
     jobs_worker.start()
+
+
+def test_it_ends_a_pg_dump_that_waits_for_a_lock_when_the_worker_dies(
+    deployed, jobs_worker, monitoring_worker, lab1, local_root, users
+) -> None:
+    """pg_dump blocked on a table lock writes nothing, so nothing would ever tell it that its reader went away:
+    docker keeps an exec running after its client left. The job's watcher ends it with the connection."""
+    storage_row = make_local_storage(deployed.project.organization, local_root)
+    BackupSettings.objects.create(environment=deployed, storage=storage_row)
+    psql = ["docker", "exec", "-i", DB, "psql", "-U", "odoo", "-d", "prod", "-q"]
+    assert lab1.ssh(*psql, "-c", "CREATE TABLE locked_here (x int)").returncode == 0
+    holder = subprocess.Popen(
+        lab1.ssh_argv(*psql, "-c", "BEGIN; LOCK TABLE locked_here IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(90);"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+    dumps = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'"
+
+    def count(sql: str) -> str:
+        return lab1.ssh(*psql, "-tAc", sql).stdout.strip()
+
+    try:
+        backup = start_backup(environment=deployed, actor=users["alice"])
+        deadline = time.monotonic() + 60
+        while count(waiting) != "1":
+            assert time.monotonic() < deadline, "pg_dump never waited for the lock"
+            time.sleep(0.3)
+        jobs_worker.kill()
+        job = wait_job(backup.job, timeout=60, statuses=("interrupted",))
+        deadline = time.monotonic() + 20
+        while count(dumps) != "0":
+            assert time.monotonic() < deadline, "pg_dump kept waiting in the db container after the worker died"
+            time.sleep(0.5)
+        assert holder.poll() is None, "the lock was released before the check"
+        assert tagged_processes(lab1, job) == []
+        settle_backups()
+        backup.refresh_from_db()
+        assert backup.status == "interrupted"
+    finally:
+        holder.kill()
+        lab1.ssh(
+            *psql,
+            "-c",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(90)%' AND pid <> pg_backend_pid()",
+        )
+        jobs_worker.start()
