@@ -37,7 +37,7 @@ from panel.jobs.services import TargetBusy
 class BackupSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     """A backup of an environment (customers: its dates and state only)."""
 
-    customer_fields = ("id", "environment", "kind", "status", "started_at", "finished_at", "verified_at")
+    customer_fields = ("id", "environment", "status", "started_at", "finished_at", "verified_at")
     size = serializers.IntegerField(read_only=True, help_text="Database dump plus filestore, in bytes.")
     objects = serializers.SerializerMethodField(help_text="How many objects the manifest lists.")
 

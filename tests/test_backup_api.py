@@ -23,7 +23,7 @@ from tests.backup_fixtures import make_local_storage
 
 pytestmark = pytest.mark.django_db
 
-CUSTOMER_FIELDS = {"id", "environment", "kind", "status", "started_at", "finished_at", "verified_at"}
+CUSTOMER_FIELDS = {"id", "environment", "status", "started_at", "finished_at", "verified_at"}
 
 
 def client_for(user: Any) -> APIClient:

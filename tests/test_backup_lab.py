@@ -139,6 +139,15 @@ def test_it_backs_up_database_and_filestore_as_one_verified_unit_locally(
         script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"
         procs = lab1.ssh("docker", "exec", container, "sh", "-c", script).stdout
         assert not [line for line in procs.splitlines() if line.split()[:1] in (["cat"], ["pg_dump"], ["tar"])], procs
+    # Any failed command fails the backup: with the db container stopped, nothing is recorded as good.
+    lab1.docker("stop", DB, check=True)
+    try:
+        failed = run_backup_of(deployed, users["alice"])
+    finally:
+        lab1.docker("start", DB, check=True)
+    assert failed.job.status == "failed" and failed.status == "failed", failed.job.reason
+    assert "failed (exit code" in failed.reason and failed.manifest == {}
+    assert list(Backup.objects.filter(status="good")) == [backup]
 
 
 def test_it_uploads_only_the_dump_and_the_manifest_for_an_unchanged_filestore(
