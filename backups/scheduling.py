@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 
 from backups import retention
 from backups.models import Backup, BackupKind, BackupSettings, BackupStatus, BackupStorage, FilestoreObject
@@ -73,16 +73,15 @@ def _running_per_server() -> Counter[int]:
 
 def _last_scheduled(environment_ids: Iterable[int]) -> dict[int, datetime]:
     """When each environment's newest scheduled backup started (any outcome: a failed one waits for the next run)."""
-    last: dict[int, datetime] = {}
+    # An aggregate rather than DISTINCT ON: the one-machine launcher runs on SQLite.
     rows = (
         Backup.objects.filter(environment_id__in=list(environment_ids), kind=BackupKind.SCHEDULED)
-        .order_by("environment_id", "-started_at")
-        .distinct("environment_id")
-        .values_list("environment_id", "started_at")
+        .values("environment_id")
+        .order_by()
+        .annotate(last=Max("started_at"))
+        .values_list("environment_id", "last")
     )
-    for environment_id, started_at in rows:
-        last[environment_id] = started_at
-    return last
+    return dict(rows)
 
 
 def run_schedules(now: datetime, *, actor: Any = None) -> ScheduleReport:
@@ -137,9 +136,10 @@ def _newest_verified(environment_ids: Iterable[int]) -> dict[int, datetime]:
         Backup.objects.filter(
             environment_id__in=list(environment_ids), status=BackupStatus.GOOD, verified_at__isnull=False
         )
-        .order_by("environment_id", "-started_at")
-        .distinct("environment_id")
-        .values_list("environment_id", "started_at")
+        .values("environment_id")
+        .order_by()
+        .annotate(newest=Max("started_at"))
+        .values_list("environment_id", "newest")
     )
     return dict(rows)
 
