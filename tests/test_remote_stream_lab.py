@@ -79,3 +79,13 @@ def test_it_stops_a_command_that_moves_no_data(lab1) -> None:
     target = lab_target(lab1)
     with pytest.raises(CommandTimeout, match="moved no data for 1 s"):
         stream(target, ["sleep", "30"], sink=lambda chunk: None, idle_timeout=1, timeout=30)
+
+
+def test_it_keeps_stdin_open_for_commands_that_watch_it(lab1) -> None:
+    target = lab_target(lab1)
+    out: list[bytes] = []
+    # By default stdin is closed at once: cat ends.
+    assert stream(target, ["sh", "-c", "cat; echo eof"], sink=out.append).ok and b"".join(out) == b"eof\n"
+    # Kept open, the command sees no end of its input until the connection goes.
+    with pytest.raises(CommandTimeout, match="moved no data"):
+        stream(target, ["sh", "-c", "cat; echo eof"], sink=out.append, close_stdin=False, idle_timeout=2)
