@@ -3,6 +3,9 @@
 - *Backup now*: owners and operators (``change`` on the environment); 202 with the backup and its queued job,
   **409** ``{"detail", "job"}`` while another job (a deploy, a backup) holds the environment, 400 when the
   environment has no backup storage.
+- ``GET`` / ``PATCH /api/v1/environments/{id}/backup-settings/`` (``{"storage", "schedule", "time_zone"}``): staff read
+  them (404 while there are none), owners and operators set them; the storage must be one of the environment's
+  organization, the schedule valid in its time zone (400 otherwise).
 - ``GET /backups/?environment=<id>``, ``GET /backups/{id}/``: everyone who may see the environment, newest first.
   Customers see only production environments' backups, and of them only the date and the state.
 
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.db.models import Q
+from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
@@ -22,11 +27,17 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from backups.models import Backup
+from backups.models import Backup, BackupSettings, BackupStorage
 from backups.services import settle_backups, start_backup
-from panel.accounts.api.serializers import CustomerViewMixin, DetailSerializer
+from panel.accounts.api.serializers import (
+    CustomerViewMixin,
+    DetailSerializer,
+    ScopedRelatedField,
+    api_validation_error,
+)
 from panel.accounts.choices import Action
-from panel.accounts.scoping import for_user, organization_ids
+from panel.accounts.scoping import can, for_user, organization_ids
+from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
 from panel.jobs.api.serializers import JobBusySerializer, JobSerializer
 from panel.jobs.api.views import busy_response
@@ -55,6 +66,16 @@ class BackupSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type:
 
     def get_objects(self, instance: Backup) -> int:
         return len(instance.manifest.get("objects", [])) + (1 if instance.manifest else 0)
+
+
+class BackupSettingsSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """Where and when an environment is backed up."""
+
+    storage = ScopedRelatedField(BackupStorage, help_text="A backup storage of the environment's organization.")
+
+    class Meta:
+        model = BackupSettings
+        fields = ["storage", "schedule", "time_zone"]
 
 
 class BackupStartedSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -96,6 +117,43 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         body = BackupStartedSerializer({"backup": backup, "job": backup.job}, context=self.get_serializer_context())
         return Response(body.data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], request=None, responses={200: BackupSettingsSerializer, 404: DetailSerializer})
+    @extend_schema(
+        methods=["PUT"],
+        request=BackupSettingsSerializer,
+        responses={200: BackupSettingsSerializer, 400: DetailSerializer},
+    )
+    @action(detail=True, methods=["get", "patch"], url_path="backup-settings")
+    def backup_settings(self, request: Request, pk: str | None = None) -> Response:
+        """The environment's backup storage and schedule (staff read them; owners and operators set them)."""
+        environment = self.get_object()
+        if not can(request.user, Action.VIEW_DETAILS, environment):
+            raise Http404("Not found.")
+        current = BackupSettings.objects.filter(environment=environment).first()
+        context = self.get_serializer_context()
+        if request.method == "GET":
+            if current is None:
+                raise Http404("This environment has no backup settings yet.")
+            return Response(BackupSettingsSerializer(current, context=context).data)
+        # The first time a storage is required; after that any field may be changed alone.
+        body = BackupSettingsSerializer(current, data=request.data, context=context, partial=current is not None)
+        body.is_valid(raise_exception=True)
+        config = current or BackupSettings(environment=environment)
+        for name, value in body.validated_data.items():
+            setattr(config, name, value)
+        try:
+            config.full_clean()
+        except DjangoValidationError as exc:
+            raise api_validation_error(exc) from exc
+        config.save()
+        record(
+            action="environment.backup_settings",
+            actor=request.user,
+            obj=environment,
+            detail={"storage": config.storage_id, "schedule": config.schedule, "time_zone": config.time_zone},
+        )
+        return Response(BackupSettingsSerializer(config, context=context).data)
 
 
 @extend_schema_view(

@@ -162,3 +162,36 @@ def test_backup_settings_validate_the_schedule_and_the_storage_organization(conf
     # zstd/lz4 only where pg_dump has them (16+); gzip before.
     run = BackupRun.__new__(BackupRun)
     assert run.compression(15) == ["--compress=6"] and run.compression(16) == ["--compress=zstd"]
+
+
+def test_staff_set_an_environments_backup_storage_and_schedule(configured, users, backup_root) -> None:
+    env = configured["env_a"]
+    BackupSettings.objects.filter(environment=env).delete()
+    url = f"/api/v1/environments/{env.pk}/backup-settings/"
+    assert client_for(users["olga"]).get(url).status_code == 404
+    missing = client_for(users["olga"]).patch(url, {"schedule": "0 3 * * *"}, format="json")
+    assert missing.status_code == 400 and "storage" in missing.json()
+    body = {"storage": configured["storage"].pk, "schedule": "30 2 * * *", "time_zone": "Europe/Madrid"}
+    response = client_for(users["olga"]).patch(url, body, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json() == body
+    assert client_for(users["victor"]).get(url).json() == body
+    assert AuditEvent.objects.filter(action="environment.backup_settings").exists()
+    for name in ("victor", "carol", "bob"):
+        assert client_for(users[name]).patch(url, body, format="json").status_code == 404, name
+    for name in ("carol", "bob"):
+        assert client_for(users[name]).get(url).status_code == 404, name
+    bad = client_for(users["olga"]).patch(url, {**body, "schedule": "* * * * *"}, format="json")
+    assert bad.status_code == 400 and "schedule" in bad.json()
+    bad = client_for(users["olga"]).patch(url, {**body, "time_zone": "Mars/Olympus"}, format="json")
+    assert bad.status_code == 400 and "schedule" in bad.json()
+    # The provider's own storage is visible to its staff, but not the environment's organization's.
+    provider = make_local_storage(users["olga"].memberships.first().organization, backup_root, name="provider")
+    bad = client_for(users["olga"]).patch(url, {**body, "storage": provider.pk}, format="json")
+    assert bad.status_code == 400 and "storage" in bad.json()
+    stranger = make_local_storage(configured["env_b"].project.organization, backup_root, name="stranger")
+    assert client_for(users["olga"]).patch(url, {**body, "storage": stranger.pk}, format="json").status_code == 400
+    assert BackupSettings.objects.get(environment=env).schedule == "30 2 * * *"
+    # After that, one field alone.
+    response = client_for(users["alice"]).patch(url, {"schedule": ""}, format="json")
+    assert response.status_code == 200 and response.json()["storage"] == configured["storage"].pk
