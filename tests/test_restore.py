@@ -74,3 +74,39 @@ def test_it_refuses_a_backup_that_is_not_good_of_another_project_or_odoo_version
     with pytest.raises(RestoreRefused, match="does not say which Odoo version made it"):
         start_restore(backup=unknown, target=staging, actor=users["alice"])
     assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("xml_ids", [True, False], ids=["ir_model_data", "by-name"])
+def test_it_neutralizes_an_odoo_before_16_in_sql(xml_ids: bool) -> None:
+    """The SQL run for Odoo < 16 (no ``odoo neutralize``), on real PostgreSQL tables shaped like Odoo's."""
+    from django.db import connection
+
+    from backups.restore import NEUTRALIZE_SQL
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE ir_mail_server (id serial PRIMARY KEY, name varchar, active boolean DEFAULT true);"
+            "CREATE TABLE ir_cron (id serial PRIMARY KEY, name varchar, active boolean DEFAULT true);"
+            "CREATE TABLE ir_config_parameter (id serial PRIMARY KEY, key varchar UNIQUE NOT NULL, value text);"
+            "INSERT INTO ir_mail_server (name) VALUES ('smtp'), ('other smtp');"
+            "INSERT INTO ir_cron (name) VALUES ('Base: Auto-vacuum internal data'), ('Mail: Email Queue Manager'),"
+            " ('Renamed vacuum');"
+        )
+        if xml_ids:
+            # Odoo finds the autovacuum cron by its XML id, whatever it is called (here: renamed).
+            cursor.execute(
+                "CREATE TABLE ir_model_data (id serial PRIMARY KEY, module varchar, name varchar, model varchar,"
+                " res_id integer); INSERT INTO ir_model_data (module, name, model, res_id)"
+                " VALUES ('base', 'autovacuum_job', 'ir.cron', 3), ('mail', 'ir_cron_mail_scheduler_action', 'ir.cron', 2)"
+            )
+        cursor.execute(NEUTRALIZE_SQL)
+        cursor.execute("SELECT count(*) FROM ir_mail_server WHERE active")
+        assert cursor.fetchone() == (0,)
+        cursor.execute("SELECT name FROM ir_cron WHERE active")
+        kept = "Renamed vacuum" if xml_ids else "Base: Auto-vacuum internal data"
+        assert cursor.fetchall() == [(kept,)]
+        cursor.execute("SELECT value FROM ir_config_parameter WHERE key = 'database.is_neutralized'")
+        assert cursor.fetchall() == [("true",)]
+        cursor.execute(NEUTRALIZE_SQL)  # twice: still one flag
+        cursor.execute("SELECT count(*) FROM ir_config_parameter")
+        assert cursor.fetchone() == (1,)

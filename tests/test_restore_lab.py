@@ -223,3 +223,26 @@ def test_it_swaps_back_when_the_worker_dies_during_the_swap_and_says_the_environ
     state = environment_state(deployed)
     assert state.code == EnvironmentState.NEEDS_ATTENTION and f"#{job.pk} did not finish cleanly" in state.detail, state
     jobs_worker.start()
+
+
+def test_it_refuses_to_swap_in_a_copy_whose_attachments_are_missing(deployed, jobs_worker, lab1, users) -> None:
+    setup_backups(deployed)
+    present = os.urandom(2000)
+    attach(lab1, {content_named(present): present})
+    lost = content_named(b"a file the filestore lost")
+    sql(lab1, f"INSERT INTO ir_attachment (name, store_fname, file_size) VALUES ('lost', '{lost}', 25)")
+    backup = run_backup_of(deployed, users["alice"])
+    assert backup.status == "good", backup.reason
+    expected_dump, expected_files = dump_hash(lab1), filestore_hashes(lab1)
+    job = restore(backup, deployed, users["alice"])
+    assert job.status == "failed"
+    assert f"1 attachments the restored database references are not in the restored filestore ({lost})" in job.reason
+    assert "Nothing live was changed" in job.reason
+    # The live database and filestore are as they were, and the copy aside is gone.
+    assert dump_hash(lab1) == expected_dump and filestore_hashes(lab1) == expected_files
+    assert sql(lab1, "SELECT count(*) FROM pg_database WHERE datname LIKE 'prod\\_%'", database="postgres") == "0"
+    listing = lab1.ssh("docker", "exec", ODOO, "ls", "/var/lib/odoo/filestore").stdout.split()
+    assert listing == ["prod"], listing
+    assert health(lab1)["status"] == "pass"
+    deployed.refresh_from_db()
+    assert not environment_state(deployed).alarming
