@@ -201,11 +201,21 @@ def install_proxy(context: JobContext) -> dict[str, Any]:
         files = {"docker-compose.yaml": compose_file_text(document)}
         if server.acme_ca_certificate:
             files[CA_FILE] = server.acme_ca_certificate.strip() + "\n"
+        errors: list[str] = []
+
+        def output(stream: str, line: str) -> None:
+            context.log.output(stream, line)
+            if stream == "err" and line.strip():
+                errors.append(line.strip())
+
         for name, content in files.items():
-            code = run(target, ["sh", "-c", WRITE_SCRIPT, "sh", DIRECTORY, name], on_output=context.log.output,
+            code = run(target, ["sh", "-c", WRITE_SCRIPT, "sh", DIRECTORY, name], on_output=output,
                        stdin=content.encode(), timeout=60)  # fmt: skip
             if code != 0:
-                raise ProxyFailed(f"Could not write {DIRECTORY}/{name} on the server.")
+                why = errors[-1][:300] if errors else f"exit code {code}"
+                if "no space left on device" in why.lower():
+                    why = f"the server's disk is full ({why}). Free space there, then run the job again"
+                raise ProxyFailed(f"Could not write {DIRECTORY}/{name} on the server: {why}.")
         context.write(f"Wrote {COMPOSE_FILE}: Traefik {settings.PROXY_TRAEFIK_IMAGE}, ACME {acme_directory(server)}.")
     compose = ["docker", "compose", "--ansi", "never", "-p", PROJECT, "-f", COMPOSE_FILE]
     with context.step("Start the proxy"):
