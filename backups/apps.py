@@ -8,8 +8,8 @@ class BackupsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the backup and restore jobs' handlers.
-        from backups import restore, services  # noqa: F401
+        # Registers the backup, restore and verify jobs' handlers.
+        from backups import restore, services, verify  # noqa: F401
         from backups.extensions import BackupStorages, EnvironmentBackups
         from panel import extensions
 

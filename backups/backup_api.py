@@ -9,6 +9,9 @@
 - ``GET /backups/?environment=<id>``, ``GET /backups/{id}/``: everyone who may see the environment, newest first.
   Customers see only production environments' backups, and of them only the date and the state.
 
+- ``POST /backups/{id}/verify/``: owners and operators; 202 with the *Verify* job, 409 while one runs, 400 for a
+  backup that is not good.
+
 Objects outside ``for_user(..., action)`` answer 404, like unknown ids.
 """
 
@@ -29,6 +32,7 @@ from rest_framework.response import Response
 
 from backups.models import Backup, BackupSettings, BackupStorage
 from backups.services import settle_backups, start_backup
+from backups.verify import start_verify
 from panel.accounts.api.serializers import (
     CustomerViewMixin,
     DetailSerializer,
@@ -39,7 +43,7 @@ from panel.accounts.choices import Action
 from panel.accounts.scoping import can, for_user, organization_ids
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
-from panel.jobs.api.serializers import JobBusySerializer, JobSerializer
+from panel.jobs.api.serializers import JobBusySerializer, JobSerializer, JobStartedSerializer
 from panel.jobs.api.views import busy_response
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
@@ -181,3 +185,24 @@ class BackupViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
         # A backup whose job died is shown as what it is (interrupted), never as still running.
         settle_backups()
         return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request=None,
+        responses={202: JobStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def verify(self, request: Request, pk: str | None = None) -> Response:
+        """Read every object of a good backup back from its storage and check it (size, SHA-256, each filestore
+        file's SHA-1, ``pg_restore --list`` of the dump); ``verified_at`` is set on success and cleared otherwise.
+        Owners and operators; 400 for a backup that is not good, 409 while it is being verified."""
+        backup = self.get_object()
+        if not can(request.user, Action.CHANGE, backup.environment):
+            raise Http404
+        try:
+            job = start_verify(backup, request.user, trigger="api")
+        except TargetBusy as exc:
+            return busy_response(exc)
+        except JobFailed as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        body = JobStartedSerializer({"job": job}, context=self.get_serializer_context())
+        return Response(body.data, status=status.HTTP_202_ACCEPTED)

@@ -195,3 +195,21 @@ def test_staff_set_an_environments_backup_storage_and_schedule(configured, users
     # After that, one field alone.
     response = client_for(users["alice"]).patch(url, {"schedule": ""}, format="json")
     assert response.status_code == 200 and response.json()["storage"] == configured["storage"].pk
+
+
+def test_staff_verify_a_good_backup_through_the_api_and_nobody_else_can(configured, users) -> None:
+    good = ran_backup(configured["env_a"], configured["storage"])
+    failed = ran_backup(configured["env_a"], configured["storage"], status="failed", job_status="failed")
+    response = client_for(users["olga"]).post(f"/api/v1/backups/{good.pk}/verify/")
+    assert response.status_code == 202, response.content
+    job = Job.objects.get(pk=response.json()["job"]["id"])
+    assert job.kind == JobKind.VERIFY and job.params["backup_id"] == good.pk
+    # One verify at a time per backup; nothing to verify in a failed one.
+    again = client_for(users["olga"]).post(f"/api/v1/backups/{good.pk}/verify/")
+    assert again.status_code == 409 and again.json()["job"] == job.pk
+    refused = client_for(users["olga"]).post(f"/api/v1/backups/{failed.pk}/verify/")
+    assert refused.status_code == 400 and refused.json()["detail"]
+    # A viewer, a customer and another organization get 404, and no job.
+    for name in ("victor", "carol", "bob"):
+        assert client_for(users[name]).post(f"/api/v1/backups/{good.pk}/verify/").status_code == 404, name
+    assert Job.objects.filter(kind=JobKind.VERIFY).count() == 1
