@@ -246,3 +246,73 @@ def test_it_refuses_to_swap_in_a_copy_whose_attachments_are_missing(deployed, jo
     assert health(lab1)["status"] == "pass"
     deployed.refresh_from_db()
     assert not environment_state(deployed).alarming
+
+
+STAGING_KEY = "panel-demo-16-0-test"
+
+
+@pytest.fixture
+def staging(deployed: Environment, lab1: Any, users: dict[str, Any]) -> Any:
+    """A staging environment of the same project on lab1 (test.yaml, its own db and odoo), deployed."""
+    from panel.inventory.services import create_environment
+    from tests.deploy_fixtures import deploy
+
+    lab1.docker("compose", "-p", STAGING_KEY, "down", "-v", "--remove-orphans", timeout=300)
+    environment = create_environment(
+        project=deployed.project, server=deployed.server, actor=users["alice"], name="test", kind="staging",
+        compose_files=["test.yaml"], git_ref="main",
+    )  # fmt: skip
+    Environment.objects.filter(pk=environment.pk).update(domain="test.panel-demo.example.com")
+    environment.refresh_from_db()
+    assert environment.compose_project == STAGING_KEY
+    deployment = deploy(environment, users["alice"])
+    assert deployment.job.status == "succeeded", deployment.job.reason
+    environment.refresh_from_db()
+    yield environment
+    lab1.docker("compose", "-p", STAGING_KEY, "down", "-v", "--remove-orphans", timeout=300)
+
+
+def test_it_copies_production_to_staging_neutralized_and_leaves_production_untouched(
+    deployed, staging, jobs_worker, lab1, users
+) -> None:
+    from backups.restore import copy_production_to
+
+    setup_backups(deployed)
+    sql(lab1, "CREATE TABLE orders (id int PRIMARY KEY, customer text)")
+    sql(lab1, "INSERT INTO orders SELECT g, 'customer ' || g FROM generate_series(1, 300) g")
+    sql(lab1, "INSERT INTO ir_config_parameter (key, value) VALUES ('database.uuid', 'prod-uuid') "
+              "ON CONFLICT (key) DO UPDATE SET value = 'prod-uuid'")  # fmt: skip
+    document = os.urandom(10_000)
+    attach(lab1, {content_named(document): document})
+    backup = run_backup_of(deployed, users["alice"])
+    assert backup.status == "good", backup.reason
+    production_dump, production_files = dump_hash(lab1), filestore_hashes(lab1)
+    job = copy_production_to(staging, users["alice"])
+    wait_job(job, timeout=120)
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.reason + "\n" + job_log(job)[-3000:]
+    staging_db = f"{STAGING_KEY}-db-1"
+
+    def staging_sql(query: str) -> str:
+        result = lab1.ssh("docker", "exec", staging_db, "psql", "-U", "odoo", "-d", "prod", "-tAc", query)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    # Staging serves production's data, neutralized.
+    assert staging_sql("SELECT count(*) FROM orders") == "300"
+    assert staging_sql("SELECT count(*) FROM ir_mail_server WHERE active AND smtp_host <> 'invalid'") == "0"
+    assert staging_sql("SELECT string_agg(name, ',') FROM ir_cron WHERE active") == "Base: Auto-vacuum internal data"
+    assert staging_sql("SELECT value FROM ir_config_parameter WHERE key = 'database.is_neutralized'") == "true"
+    assert staging_sql("SELECT value FROM ir_config_parameter WHERE key = 'database.uuid'") not in ("", "prod-uuid")
+    assert staging_sql("SELECT value FROM ir_config_parameter WHERE key = 'web.base.url'") == (
+        "https://test.panel-demo.example.com"
+    )
+    result = lab1.ssh("docker", "exec", f"{STAGING_KEY}-odoo-1", "sha256sum", f"{FILESTORE}/{content_named(document)}")
+    assert result.stdout.split()[0] == hashlib.sha256(document).hexdigest()
+    staging_health = lab1.ssh(
+        "docker", "exec", f"{STAGING_KEY}-odoo-1", "curl", "-fsS", "http://localhost:8069/web/health"
+    )
+    assert '"pass"' in staging_health.stdout
+    # Production is untouched, and not neutralized.
+    assert dump_hash(lab1) == production_dump and filestore_hashes(lab1) == production_files
+    assert sql(lab1, "SELECT count(*) FROM ir_config_parameter WHERE key = 'database.is_neutralized'") == "0"
