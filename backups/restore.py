@@ -85,12 +85,13 @@ CLEAN_DIRS_SCRIPT = (
     'cd "$1" 2>/dev/null || exit 0; for d in "$2"_restore_*; do [ -d "$d" ] && rm -rf -- "$d"; done; exit 0'
 )
 # In the stopped odoo service: swap the filestore directories. $1 root, $2 live, $3 restored, $4 kept.
-# Prints "none" when there was no live directory (a database without attachments yet).
-SWAP_DIRS_SCRIPT = r"""cd "$1" || exit 1
-[ -d "$3" ] || { echo "the restored filestore $3 is missing" >&2; exit 1; }
-[ ! -e "$4" ] || { echo "$4 exists already" >&2; exit 1; }
-if [ -e "$2" ]; then mv -T -- "$2" "$4" || exit 1; else echo none; fi
-mv -T -- "$3" "$2" || { [ ! -e "$4" ] || mv -T -- "$4" "$2"; exit 1; }
+# Prints "none" when there was no live directory (a database without attachments yet). Exit code 2: nothing was
+# moved (refused, or put back at once), so the undo must not move directories either.
+SWAP_DIRS_SCRIPT = r"""cd "$1" || exit 2
+[ -d "$3" ] || { echo "the restored filestore $3 is missing" >&2; exit 2; }
+[ ! -e "$4" ] || { echo "$4 exists already" >&2; exit 2; }
+if [ -e "$2" ]; then mv -T -- "$2" "$4" || exit 2; else echo none; fi
+mv -T -- "$3" "$2" || { [ ! -e "$4" ] || mv -T -- "$4" "$2" || exit 1; exit 2; }
 """
 # The swap back: the restored directory goes back aside as $3, the kept one is live again.
 UNSWAP_DIRS_SCRIPT = r"""cd "$1" || exit 1
@@ -115,7 +116,10 @@ state=stopping
 eval "$RS_COMPOSE stop odoo" >&2 || fail "stopping Odoo"
 echo stopped
 state=files
-had=$(eval "$RS_COMPOSE"' run --rm --no-deps -T --entrypoint sh odoo -c "$RS_SWAP_DIRS" sh "$RS_ROOT" "$RS_DB" "$RS_NEW" "$RS_KEPT"') || fail "swapping the filestore directories"
+had=$(eval "$RS_COMPOSE"' run --rm --no-deps -T --entrypoint sh odoo -c "$RS_SWAP_DIRS" sh "$RS_ROOT" "$RS_DB" "$RS_NEW" "$RS_KEPT"')
+rc=$?
+[ "$rc" -ne 2 ] || { state=stopping; fail "swapping the filestore directories"; }
+[ "$rc" -eq 0 ] || fail "swapping the filestore directories"
 had=${had:-moved}
 echo "files $had"
 state=db

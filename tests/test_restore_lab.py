@@ -316,3 +316,28 @@ def test_it_copies_production_to_staging_neutralized_and_leaves_production_untou
     # Production is untouched, and not neutralized.
     assert dump_hash(lab1) == production_dump and filestore_hashes(lab1) == production_files
     assert sql(lab1, "SELECT count(*) FROM ir_config_parameter WHERE key = 'database.is_neutralized'") == "0"
+
+
+def test_it_swaps_back_when_the_swap_fails_and_the_original_serves_again(deployed, jobs_worker, lab1, users) -> None:
+    setup_backups(deployed)
+    backup = run_backup_of(deployed, users["alice"])
+    assert backup.status == "good", backup.reason
+    sql(lab1, "CREATE TABLE marker AS SELECT 'written after the backup' AS what")
+    expected_dump, expected_files = dump_hash(lab1), filestore_hashes(lab1)
+    job = start_restore(backup=backup, target=deployed, actor=users["alice"])
+    wait_for_line(job, r"^Restoring the dump")
+    # Something in the way of the swap: the name the original filestore would be kept under is taken.
+    blocker = f"/var/lib/odoo/filestore/prod_before_{job.pk}"
+    made = lab1.ssh("docker", "exec", ODOO, "sh", "-c", f"mkdir {blocker} && echo kept > {blocker}/mine")
+    assert made.returncode == 0, made.stderr
+    job = wait_job(job, timeout=120)
+    assert job.status == "failed"
+    assert "swapping the filestore directories failed" in job.reason and "It was undone" in job.reason, job.reason
+    log = job_log(job)
+    assert "Stopped Odoo." in log and "Swapped back: the original prod and its filestore serve again." in log
+    assert health(lab1)["status"] == "pass"
+    assert dump_hash(lab1) == expected_dump and filestore_hashes(lab1) == expected_files
+    assert lab1.ssh("docker", "exec", ODOO, "cat", f"{blocker}/mine").stdout == "kept\n"
+    assert sql(lab1, f"SELECT count(*) FROM pg_database WHERE datname = 'prod_before_{job.pk}'", "postgres") == "0"
+    deployed.refresh_from_db()
+    assert not environment_state(deployed).alarming
