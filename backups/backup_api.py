@@ -9,6 +9,9 @@
 - ``GET /backups/?environment=<id>``, ``GET /backups/{id}/``: everyone who may see the environment, newest first.
   Customers see only production environments' backups, and of them only the date and the state.
 
+- ``POST /environments/{id}/restore/`` ``{"backup", "confirm"}`` and ``POST /environments/{id}/copy-production/``:
+  owners and operators; 202 with the restore job, 409 busy, 400 refused (versions, not good, another project, a
+  production target without ``confirm`` = its name).
 - ``POST /backups/{id}/verify/``: owners and operators; 202 with the *Verify* job, 409 while one runs, 400 for a
   backup that is not good.
 
@@ -31,6 +34,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backups.models import Backup, BackupSettings, BackupStorage
+from backups.restore import RestoreRefused, copy_production_to, start_restore
 from backups.services import settle_backups, start_backup
 from backups.verify import start_verify
 from panel.accounts.api.serializers import (
@@ -102,8 +106,31 @@ def visible_backups(user: Any) -> models.QuerySet[Backup]:
     )
 
 
+class RestoreRequestSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """``POST /environments/{id}/restore/``."""
+
+    backup = serializers.IntegerField(min_value=1, help_text="A good backup of an environment of the same project.")
+    confirm = serializers.CharField(
+        required=False, allow_blank=True, max_length=63,
+        help_text="The target environment's name; required when the target is production.",
+    )  # fmt: skip
+
+
+def _restore_started(view: Any, start: Any) -> Response:
+    """Call a restore start service and answer: 202 with the job, 409 busy, 400 refused."""
+    try:
+        job = start()
+    except TargetBusy as exc:
+        return busy_response(exc)
+    except (RestoreRefused, JobFailed) as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    body = JobStartedSerializer({"job": job}, context=view.get_serializer_context())
+    return Response(body.data, status=status.HTTP_202_ACCEPTED)
+
+
 class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
-    """*Backup now*, mixed into ``EnvironmentViewSet`` (``get_object`` scopes POST to ``change``)."""
+    """*Backup now*, backup settings, restore and copy production, mixed into ``EnvironmentViewSet`` (``get_object``
+    scopes POST to ``change``)."""
 
     @extend_schema(
         request=None,
@@ -121,6 +148,43 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         body = BackupStartedSerializer({"backup": backup, "job": backup.job}, context=self.get_serializer_context())
         return Response(body.data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=RestoreRequestSerializer,
+        responses={202: JobStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def restore(self, request: Request, pk: str | None = None) -> Response:
+        """Restore a good backup of this project into this environment: checked before it starts, a safety backup
+        first, restored aside and checked, neutralized unless production, then swapped in (swapped back on
+        failure). Over production, ``confirm`` must be the environment's name."""
+        environment = self.get_object()
+        body = RestoreRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        backup = (
+            visible_backups(request.user)
+            .filter(pk=body.validated_data["backup"], environment__project_id=environment.project_id)
+            .first()
+        )
+        if backup is None or not can(request.user, Action.VIEW_DETAILS, backup.environment):
+            raise serializers.ValidationError({"backup": ["No such backup of this project."]})
+        if environment.kind == EnvironmentKind.PRODUCTION and body.validated_data.get("confirm") != environment.name:
+            raise serializers.ValidationError(
+                {"confirm": [f"Type the environment's name ({environment.name}) to restore over production."]}
+            )
+        return _restore_started(self, lambda: start_restore(backup=backup, target=environment, actor=request.user,
+                                                            trigger="api"))  # fmt: skip
+
+    @extend_schema(
+        request=None,
+        responses={202: JobStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="copy-production")
+    def copy_production(self, request: Request, pk: str | None = None) -> Response:
+        """*Copy production to staging*: restore the project's production's newest good backup into this
+        environment (not production), neutralized."""
+        environment = self.get_object()
+        return _restore_started(self, lambda: copy_production_to(environment, request.user))
 
     @extend_schema(methods=["GET"], request=None, responses={200: BackupSettingsSerializer, 404: DetailSerializer})
     @extend_schema(

@@ -213,3 +213,36 @@ def test_staff_verify_a_good_backup_through_the_api_and_nobody_else_can(configur
     for name in ("victor", "carol", "bob"):
         assert client_for(users[name]).post(f"/api/v1/backups/{good.pk}/verify/").status_code == 404, name
     assert Job.objects.filter(kind=JobKind.VERIFY).count() == 1
+
+
+def test_staff_restore_a_backup_and_copy_production_through_the_api(configured, users) -> None:
+    production, staging = configured["env_a"], configured["staging"]
+    good = ran_backup(production, configured["storage"])
+    Backup.objects.filter(pk=good.pk).update(manifest={"objects": [{"key": "x"}], "odoo": {"image_version": "16.0"}})
+    olga = client_for(users["olga"])
+    # Over production the environment's name must be typed; a backup of another project or a failed one is refused.
+    refused = olga.post(f"/api/v1/environments/{production.pk}/restore/", {"backup": good.pk}, format="json")
+    assert refused.status_code == 400 and production.name in refused.json()["confirm"][0]
+    failed = ran_backup(production, configured["storage"], status="failed", job_status="failed")
+    body = {"backup": failed.pk, "confirm": production.name}
+    refused = olga.post(f"/api/v1/environments/{production.pk}/restore/", body, format="json")
+    assert refused.status_code == 400 and "only good backups restore" in refused.json()["detail"]
+    other = olga.post(f"/api/v1/environments/{production.pk}/restore/", {"backup": 10**9}, format="json")
+    assert other.status_code == 400 and other.json() == {"backup": ["No such backup of this project."]}
+    # Production's backup into staging (no confirmation needed there), then a second job on staging is busy.
+    started = olga.post(f"/api/v1/environments/{staging.pk}/restore/", {"backup": good.pk}, format="json")
+    assert started.status_code == 202, started.content
+    job = Job.objects.get(pk=started.json()["job"]["id"])
+    assert job.kind == JobKind.RESTORE and job.params == {"environment_id": staging.pk, "backup_id": good.pk}
+    busy = olga.post(f"/api/v1/environments/{staging.pk}/copy-production/")
+    assert busy.status_code == 409 and busy.json()["job"] == job.pk
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED)
+    copy = olga.post(f"/api/v1/environments/{staging.pk}/copy-production/")
+    assert copy.status_code == 202, copy.content
+    assert Job.objects.get(pk=copy.json()["job"]["id"]).params["backup_id"] == good.pk
+    # Copying into production itself is refused; viewers, customers and strangers get 404.
+    assert olga.post(f"/api/v1/environments/{production.pk}/copy-production/").status_code == 400
+    for name in ("victor", "carol", "bob"):
+        response = client_for(users[name]).post(f"/api/v1/environments/{staging.pk}/restore/", {"backup": good.pk})
+        assert response.status_code == 404, name
+    assert Job.objects.filter(kind=JobKind.RESTORE).count() == 2
