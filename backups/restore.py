@@ -38,7 +38,7 @@ import shlex
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -49,15 +49,12 @@ from backups.models import Backup, BackupKind, BackupSettings, BackupStatus
 from backups.services import (
     CONTENT_NAME_RE,
     DATABASE_NAME_RE,
-    DB_FACTS_SCRIPT,
     DB_SCRIPT,
-    DB_SERVICE,
-    DB_USER_RE,
     FILESTORE_ROOT,
     LIST_SCRIPT,
-    ODOO_FACTS_SCRIPT,
     ODOO_SERVICE,
     PG_VERSION_RE,
+    EnvironmentCommands,
     backup_lock_key,
     run_backup,
     settle_backups,
@@ -72,7 +69,7 @@ from panel.jobs import services as jobs
 from panel.jobs.choices import JobKind
 from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
-from panel.remote import RemoteError, StreamResult, Target, run_capture, stream
+from panel.remote import RemoteError, Target, stream
 from panel.remote.session import HoldLost
 
 logger = logging.getLogger(__name__)
@@ -284,8 +281,11 @@ def _expected(entry: dict[str, Any]) -> StoredObject:
     )  # fmt: skip
 
 
-class RestoreRun:
+class RestoreRun(EnvironmentCommands):
     """One restore job's work on the target's server."""
+
+    failure = RestoreFailed
+    capture_timeout = 300
 
     def __init__(self, context: JobContext, backup: Backup, target: Environment, storage: Storage) -> None:
         self.context = context
@@ -301,33 +301,13 @@ class RestoreRun:
         self.bytes = 0
         self.swapped_back = False
 
-    # -- remote commands (as the backup job runs them) ---------------------------------------------
-
-    def exec(self, service: str, *argv: str) -> list[str]:
-        return self.pipeline.compose("exec", "-T", service, *argv)
-
-    def db(self, *argv: str) -> list[str]:
-        return self.exec(DB_SERVICE, "sh", "-c", DB_SCRIPT, "sh", *argv)
+    # -- remote commands (``EnvironmentCommands``, as the backup job runs them) --------------------------
 
     def psql(self, database: str, *commands: str) -> list[str]:
         argv = ["psql", "-U", self.db_user, "-d", database, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"]
         for command in commands:
             argv += ["-c", command]
         return self.db(*argv)
-
-    def capture(self, argv: Sequence[str], what: str, timeout: float = 300) -> str:
-        result = run_capture(self.target, argv, timeout=timeout)
-        if not result.ok:
-            raise RestoreFailed(f"{what} failed (exit code {result.exit_code}): {result.stderr.strip()[-400:]}")
-        return result.stdout
-
-    def stream(self, argv: Sequence[str], what: str, **kwargs: Any) -> StreamResult:
-        kwargs.setdefault("timeout", settings.BACKUP_STEP_TIMEOUT)
-        kwargs.setdefault("idle_timeout", settings.BACKUP_IDLE_TIMEOUT)
-        result = stream(self.target, argv, **kwargs)
-        if not result.ok:
-            raise RestoreFailed(f"{what} failed (exit code {result.exit_code}): {result.stderr.strip()[-400:]}")
-        return result
 
     @property
     def restored(self) -> str:
@@ -344,22 +324,14 @@ class RestoreRun:
         problem = odoo_version_problem(self.backup, self.environment)
         if problem:
             raise RestoreFailed(problem + " Nothing was changed.")
-        out = self.capture(self.exec(ODOO_SERVICE, "sh", "-c", ODOO_FACTS_SCRIPT), "Reading Odoo's settings")
-        database, image_version = ([*out.splitlines(), "", ""])[:2]
-        self.database = database.strip()
-        if not DATABASE_NAME_RE.fullmatch(self.database):
-            raise RestoreFailed(f"The odoo container names no usable database (PGDATABASE={self.database!r}).")
+        self.database, image_version = self.odoo_facts()
         made_by = (self.backup.manifest.get("odoo") or {}).get("image_version", "")
         if image_version.strip() and _major(image_version) != _major(made_by):
             raise RestoreFailed(
                 f"Backup #{self.backup.pk} is of Odoo {made_by}, and the target's odoo image is Odoo "
                 f"{image_version.strip()}. Nothing was changed."
             )
-        out = self.capture(self.exec(DB_SERVICE, "sh", "-c", DB_FACTS_SCRIPT), "Reading the db container")
-        user, _dump, restore_version = ([*out.splitlines(), "", "", ""])[:3]
-        self.db_user = user.strip()
-        if not DB_USER_RE.fullmatch(self.db_user):
-            raise RestoreFailed(f"The db container names no usable database user ({user!r}).")
+        self.db_user, _dump, restore_version = self.db_facts()
         match = PG_VERSION_RE.search(restore_version)
         if match is None:
             raise RestoreFailed(f"Cannot read pg_restore's version in the target's db container: {restore_version!r}.")

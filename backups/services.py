@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import transaction
@@ -243,10 +243,61 @@ class _WriterFile(io.RawIOBase):
         return len(chunk)
 
 
+class EnvironmentCommands:
+    """Commands of a backup or restore job in an environment's containers, over the server's connection: any
+    non-zero exit raises ``failure`` with what failed and the end of its stderr."""
+
+    failure: ClassVar[type[JobFailed]] = JobFailed
+    capture_timeout: ClassVar[float] = 120
+    target: Target
+    pipeline: Pipeline
+
+    def exec(self, service: str, *argv: str) -> list[str]:
+        """``docker compose ... exec -T <service> argv`` in the environment's running container."""
+        return self.pipeline.compose("exec", "-T", service, *argv)
+
+    def db(self, *argv: str) -> list[str]:
+        """A command in the db container, connected as its superuser."""
+        return self.exec(DB_SERVICE, "sh", "-c", DB_SCRIPT, "sh", *argv)
+
+    def capture(self, argv: Sequence[str], what: str, timeout: float | None = None) -> str:
+        """A short command's stdout (``capture_timeout`` unless told)."""
+        result = run_capture(self.target, argv, timeout=self.capture_timeout if timeout is None else timeout)
+        if not result.ok:
+            raise self.failure(f"{what} failed (exit code {result.exit_code}): {result.stderr.strip()[-400:]}")
+        return result.stdout
+
+    def stream(self, argv: Sequence[str], what: str, **kwargs: Any) -> StreamResult:
+        """A streamed command (``BACKUP_STEP_TIMEOUT`` / ``BACKUP_IDLE_TIMEOUT`` unless told)."""
+        kwargs.setdefault("timeout", settings.BACKUP_STEP_TIMEOUT)
+        kwargs.setdefault("idle_timeout", settings.BACKUP_IDLE_TIMEOUT)
+        result = stream(self.target, argv, **kwargs)
+        if not result.ok:
+            raise self.failure(f"{what} failed (exit code {result.exit_code}): {result.stderr.strip()[-400:]}")
+        return result
+
+    def odoo_facts(self) -> tuple[str, str]:
+        """The database the odoo container uses (``PGDATABASE``, checked) and its image's ``ODOO_VERSION``."""
+        out = self.capture(self.exec(ODOO_SERVICE, "sh", "-c", ODOO_FACTS_SCRIPT), "Reading Odoo's settings")
+        database, image_version = [line.strip() for line in [*out.splitlines(), "", ""][:2]]
+        if not DATABASE_NAME_RE.fullmatch(database):
+            raise self.failure(f"The odoo container names no usable database (PGDATABASE={database!r}).")
+        return database, image_version
+
+    def db_facts(self) -> tuple[str, str, str]:
+        """The db container's superuser (checked) and its ``pg_dump --version`` and ``pg_restore --version``."""
+        out = self.capture(self.exec(DB_SERVICE, "sh", "-c", DB_FACTS_SCRIPT), "Reading the db container")
+        user, dump_version, restore_version = ([*out.splitlines(), "", "", ""])[:3]
+        if not DB_USER_RE.fullmatch(user.strip()):
+            raise self.failure(f"The db container names no usable database user ({user!r}).")
+        return user.strip(), dump_version, restore_version
+
+
 @dataclass
-class BackupRun:
+class BackupRun(EnvironmentCommands):
     """One backup job's work on the environment's server and in its storage."""
 
+    failure = BackupFailed
     context: JobContext
     backup: Backup
     storage: Storage
@@ -261,32 +312,6 @@ class BackupRun:
         # How the deploy pipeline names the environment's compose files (the panel's override included).
         self.pipeline = Pipeline(self.context, self.environment, deployment_id=0)
 
-    # -- remote commands ---------------------------------------------------------------------------
-
-    def exec(self, service: str, *argv: str) -> list[str]:
-        """``docker compose ... exec -T <service> argv`` in the environment's running container."""
-        return self.pipeline.compose("exec", "-T", service, *argv)
-
-    def db(self, *argv: str) -> list[str]:
-        """A command in the db container, connected as its superuser."""
-        return self.exec(DB_SERVICE, "sh", "-c", DB_SCRIPT, "sh", *argv)
-
-    def capture(self, argv: Sequence[str], what: str, timeout: float = 120) -> str:
-        """A short command's stdout; any non-zero exit fails the backup."""
-        result = run_capture(self.target, argv, timeout=timeout)
-        if not result.ok:
-            raise BackupFailed(f"{what} failed (exit code {result.exit_code}): {result.stderr.strip()[-400:]}")
-        return result.stdout
-
-    def stream(self, argv: Sequence[str], what: str, **kwargs: Any) -> StreamResult:
-        """A streamed command; any non-zero exit fails the backup (its stderr says why)."""
-        kwargs.setdefault("timeout", settings.BACKUP_STEP_TIMEOUT)
-        kwargs.setdefault("idle_timeout", settings.BACKUP_IDLE_TIMEOUT)
-        result = stream(self.target, argv, **kwargs)
-        if not result.ok:
-            raise BackupFailed(f"{what} failed (exit code {result.exit_code}): {result.stderr.strip()[-400:]}")
-        return result
-
     def key(self, name: str) -> str:
         return f"{self.backup.key_prefix}/{name}"
 
@@ -297,20 +322,13 @@ class BackupRun:
         if self.environment.current_deployment is None:
             # The compose files (and the panel's override) are there only once the panel deployed it.
             raise BackupFailed("Nothing has been deployed here by the panel yet: deploy the environment first.")
-        odoo_out = self.capture(self.exec(ODOO_SERVICE, "sh", "-c", ODOO_FACTS_SCRIPT), "Reading Odoo's settings")
-        lines = [*odoo_out.splitlines(), "", ""][:2]
-        database, image_version = lines[0].strip(), lines[1].strip()
-        if not DATABASE_NAME_RE.fullmatch(database):
-            raise BackupFailed(f"The odoo container names no usable database (PGDATABASE={database!r}).")
-        db_out = self.capture(self.exec(DB_SERVICE, "sh", "-c", DB_FACTS_SCRIPT), "Reading the db container")
-        user, dump_version, restore_version = ([*db_out.splitlines(), "", "", ""])[:3]
-        if not DB_USER_RE.fullmatch(user.strip()):
-            raise BackupFailed(f"The db container names no usable database user ({user!r}).")
+        database, image_version = self.odoo_facts()
+        user, dump_version, restore_version = self.db_facts()
         match = PG_VERSION_RE.search(dump_version)
         if match is None:
             raise BackupFailed(f"Cannot read pg_dump's version in the db container: {dump_version!r}.")
         sql = self.capture(
-            self.db("psql", "-U", user.strip(), "-d", database, "-X", "-q", "-t", "-A", "-F", "\t",
+            self.db("psql", "-U", user, "-d", database, "-X", "-q", "-t", "-A", "-F", "\t",
                     "-v", "ON_ERROR_STOP=1", "-c", "SHOW server_version", "-c", MODULES_SQL),
             "Reading the database's versions",
         )  # fmt: skip
@@ -324,7 +342,7 @@ class BackupRun:
         current = self.environment.current_deployment
         return {
             "database": database,
-            "db_user": user.strip(),
+            "db_user": user,
             "odoo": {"image_version": image_version, "base_version": modules.get("base", "")},
             "postgresql": {
                 "server_version": server_version,
