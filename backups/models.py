@@ -18,7 +18,7 @@ from backups.validators import (
 )
 from panel.accounts.models import Organization
 from panel.crypto import EncryptedTextField
-from panel.inventory.models import Environment
+from panel.inventory.models import Environment, Server
 from panel.jobs.models import Job
 from panel.validators import validate_name
 
@@ -139,6 +139,20 @@ class BackupSettings(models.Model):
         max_length=200, blank=True, help_text="Cron expression (5 fields); blank: no scheduled backups."
     )
     time_zone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone of the schedule.")
+    test_restore_schedule = models.CharField(
+        max_length=200,
+        blank=True,
+        default="0 4 * * 0",
+        help_text="Cron expression (5 fields, in the same time zone) of the test restores; blank: none scheduled.",
+    )
+    test_restore_server = models.ForeignKey(
+        Server,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Where test restores run; blank: the environment's own server.",
+    )
 
     scope_organization = "environment__project__organization"
 
@@ -170,6 +184,8 @@ class BackupKind(models.TextChoices):
     SCHEDULED = "scheduled", "Scheduled"
     MANUAL = "manual", "Manual"
     PRE_DEPLOY = "pre-deploy", "Before a deploy"
+    PRE_RESTORE = "pre-restore", "Before a restore"
+    IMPORTED = "imported", "Imported Odoo zip"
 
 
 class BackupStatus(models.TextChoices):
@@ -177,6 +193,15 @@ class BackupStatus(models.TextChoices):
     GOOD = "good", "Good"
     FAILED = "failed", "Failed"
     INTERRUPTED = "interrupted", "Interrupted"
+
+
+class CheckStatus(models.TextChoices):
+    """The outcome of a *Verify* or a test restore of a backup ("": never run)."""
+
+    NONE = "", "Never run"
+    RUNNING = "running", "Running"
+    PASSED = "passed", "Passed"
+    FAILED = "failed", "Failed"
 
 
 class Backup(models.Model):
@@ -201,6 +226,12 @@ class Backup(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
+    verify_status = models.CharField(max_length=16, choices=CheckStatus.choices, blank=True, default="")
+    verify_reason = models.TextField(blank=True)
+    test_restore_status = models.CharField(max_length=16, choices=CheckStatus.choices, blank=True, default="")
+    test_restored_at = models.DateTimeField(null=True, blank=True)
+    test_restore_reason = models.TextField(blank=True)
+    test_restore_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     scope_organization = "environment__project__organization"
 
@@ -257,3 +288,20 @@ class FilestoreObject(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class BackupPolicy(models.Model):
+    """What an organization allows around its backups (a row only once an owner changed the defaults)."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="backup_policy")
+    customers_may_download = models.BooleanField(
+        default=False, help_text="Customers may download their production environments' backups as Odoo zips."
+    )
+
+    scope_organization = "organization"
+
+    class Meta:
+        verbose_name_plural = "backup policies"
+
+    def __str__(self) -> str:
+        return f"Backup policy of {self.organization_id}"

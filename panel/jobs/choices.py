@@ -28,6 +28,7 @@ class JobKind(models.TextChoices):
     RESTORE = "restore", "Restore"
     COPY = "copy", "Copy production to staging"
     VERIFY = "verify", "Verify backup"
+    TEST_RESTORE = "test_restore", "Test restore"
     CHECK = "check", "Check what runs"
     PREPARE_SERVER = "prepare_server", "Prepare server"
     INSTALL_PROXY = "install_proxy", "Install the proxy"

@@ -41,6 +41,11 @@ class Job(models.Model):
     published_at = models.DateTimeField(null=True, blank=True, help_text="When its task was last handed to the broker.")
     publish_count = models.PositiveSmallIntegerField(default=0)
     last_seq = models.PositiveIntegerField(default=0)
+    progress = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='What a data-moving step has done so far: {"label", "done", "total"} in bytes.',
+    )
 
     scope_organization = "organization"
 
