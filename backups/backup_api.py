@@ -34,7 +34,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backups.models import Backup, BackupSettings, BackupStorage
-from backups.restore import RestoreRefused, copy_production_to, start_restore
+from backups.restore import RestoreRefused, confirmation_problem, copy_production_to, start_restore
 from backups.services import settle_backups, start_backup
 from backups.verify import start_verify
 from panel.accounts.api.serializers import (
@@ -168,10 +168,9 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
         )
         if backup is None or not can(request.user, Action.VIEW_DETAILS, backup.environment):
             raise serializers.ValidationError({"backup": ["No such backup of this project."]})
-        if environment.kind == EnvironmentKind.PRODUCTION and body.validated_data.get("confirm") != environment.name:
-            raise serializers.ValidationError(
-                {"confirm": [f"Type the environment's name ({environment.name}) to restore over production."]}
-            )
+        problem = confirmation_problem(environment, body.validated_data.get("confirm"))
+        if problem:
+            raise serializers.ValidationError({"confirm": [problem]})
         return _restore_started(self, lambda: start_restore(backup=backup, target=environment, actor=request.user,
                                                             trigger="api"))  # fmt: skip
 

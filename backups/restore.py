@@ -240,6 +240,14 @@ def start_restore(*, backup: Backup, target: Environment, actor: Any, trigger: s
     return job
 
 
+def confirmation_problem(target: Environment, confirm: str | None) -> str:
+    """Why a restore over ``target`` is not confirmed ("" when it is): over production, the person must have typed
+    the environment's name."""
+    if target.kind == EnvironmentKind.PRODUCTION and (confirm or "").strip() != target.name:
+        return f"Type the environment's name ({target.name}) to restore over production."
+    return ""
+
+
 def newest_good_backup(environment: Environment) -> Backup | None:
     """The environment's newest good backup."""
     return (
@@ -391,12 +399,22 @@ class RestoreRun(EnvironmentCommands):
         with self.storage.reader(entry["key"], expected=_expected(entry)) as source:
             result = self.stream(
                 self.db("pg_restore", "--no-owner", "--exit-on-error", "-U", self.db_user, "-d", self.restored),
-                "pg_restore", source=iter(lambda: source.read(CHUNK), b""), sink=lambda _chunk: None,
+                "pg_restore", source=self.counted("Restoring the database", iter(lambda: source.read(CHUNK), b""), size),
+                sink=lambda _chunk: None,
             )  # fmt: skip
         seconds = time.monotonic() - started
         self.context.write(
             f"pg_restore exited 0: {result.bytes_in / 1e6:.1f} MB in {seconds:.1f} s into {self.restored}."
         )
+
+    def counted(self, label: str, chunks: Iterator[bytes], total: int | None) -> Iterator[bytes]:
+        """``chunks`` as they are, reporting the job's progress (bytes of ``total``) on the way."""
+        done = 0
+        for chunk in chunks:
+            done += len(chunk)
+            self.context.progress(label, done, max(total, done) if total else None)
+            yield chunk
+        self.context.progress(label, done, done, force=True)
 
     def _filestore_stream(self) -> Iterator[bytes]:
         """The backup's filestore as one tar stream, built while the objects are read (SHA-1 and SHA-256 checked)."""
@@ -446,7 +464,7 @@ class RestoreRun(EnvironmentCommands):
         started = time.monotonic()
         self.stream(
             self.exec(ODOO_SERVICE, "sh", "-c", EXTRACT_SCRIPT, "sh", directory), "Writing the new filestore",
-            source=self._filestore_stream(),
+            source=self.counted("Restoring the filestore", self._filestore_stream(), self.backup.filestore_bytes),
         )  # fmt: skip
         self.context.write(
             f"Wrote {self.files} files ({self.bytes / 1e6:.1f} MB in {time.monotonic() - started:.1f} s) into "
@@ -649,12 +667,13 @@ class RestoreRun(EnvironmentCommands):
 
 
 def safety_backup(context: JobContext, target: Environment, source: Backup) -> Backup:
-    """Back up the target first, with the backup job's own code, inside this job (and its hold)."""
+    """Back up the target first (kind ``pre-restore``, its own retention), with the backup job's own code, inside
+    this job (and its hold). ``params.safety_backup_id`` keeps it from being pruned while the restore runs."""
     config = BackupSettings.objects.select_related("storage").filter(environment=target).first()
     storage = config.storage if config is not None else source.storage
     now = timezone.now()
     safety = Backup.objects.create(
-        environment=target, storage=storage, kind=BackupKind.MANUAL, job=context.job,
+        environment=target, storage=storage, kind=BackupKind.PRE_RESTORE, job=context.job,
         key_prefix=f"backups/{target.compose_project}/{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}",
         started_at=now, reason=f"Safety backup before restore job #{context.job.pk} of backup #{source.pk}.",
     )  # fmt: skip

@@ -373,14 +373,21 @@ class BackupRun(EnvironmentCommands):
         self.context.write(f"Dumping database {facts['database']} ({option[0]}) into the storage.")
         head = bytearray()
         started = time.monotonic()
+        # The last good dump's size is the best guess of this one's (pg_dump cannot say in advance).
+        expected = self.expected_dump_size()
+        written = 0
         with self.storage.writer(self.key(DUMP_NAME)) as writer:
 
             def sink(chunk: bytes) -> None:
+                nonlocal written
                 if len(head) < len(CUSTOM_DUMP_MAGIC):
                     head.extend(chunk[: len(CUSTOM_DUMP_MAGIC)])
                 writer.write(chunk)
+                written += len(chunk)
+                self.context.progress("Dumping the database", written, max(expected, written) if expected else None)
 
             result = self.stream(argv, "pg_dump", sink=sink, close_stdin=False)
+            self.context.progress("Dumping the database", written, written, force=True)
             if not bytes(head).startswith(CUSTOM_DUMP_MAGIC):
                 raise BackupFailed(
                     f"pg_dump exited 0 but wrote {result.bytes_out} bytes that are not a custom-format dump."
@@ -391,6 +398,16 @@ class BackupRun(EnvironmentCommands):
         entry = _object_entry(stored, "database", compression=option[0])
         self.objects.append(entry)
         return entry
+
+    def expected_dump_size(self) -> int:
+        """The size of the environment's newest good dump (0 when there is none)."""
+        previous = (
+            Backup.objects.filter(environment=self.environment, status=BackupStatus.GOOD)
+            .exclude(pk=self.backup.pk)
+            .values_list("database_bytes", flat=True)
+            .first()
+        )
+        return int(previous or 0)
 
     def check_dump(self, facts: dict[str, Any], entry: dict[str, Any]) -> int:
         """``pg_restore --list`` in the db container accepts the dump read back from the storage; returns the number
@@ -542,6 +559,7 @@ class BackupRun(EnvironmentCommands):
         mismatched: list[dict[str, Any]] = []
         other_files: list[dict[str, Any]] = []
         moved = 0
+        to_move = sum(listed[name] for name in missing + others)
         if missing or others:
             other_writer = self.storage.writer(self.key(OTHER_TAR)) if others else None
             other_tar = tarfile.open(fileobj=_WriterFile(other_writer.write), mode="w|") if other_writer else None
@@ -551,6 +569,7 @@ class BackupRun(EnvironmentCommands):
                     name = member.name
                     received.add(name)
                     moved += member.size
+                    self.context.progress("Backing up the filestore", moved, max(to_move, moved))
                     if name in named:
                         if self._store_file(name, named[name], data, member.size):
                             continue

@@ -224,12 +224,17 @@ BACKUP_KEEP_WEEKLY = envint("BACKUP_KEEP_WEEKLY", 4, minimum=0)
 BACKUP_KEEP_MONTHLY = envint("BACKUP_KEEP_MONTHLY", 3, minimum=0)
 BACKUP_KEEP_PRE_DEPLOY = envint("BACKUP_KEEP_PRE_DEPLOY", 3, minimum=0)
 BACKUP_KEEP_PRE_DEPLOY_DAYS = envint("BACKUP_KEEP_PRE_DEPLOY_DAYS", 14, minimum=0)
+BACKUP_KEEP_PRE_RESTORE = envint("BACKUP_KEEP_PRE_RESTORE", 3, minimum=0)
+BACKUP_KEEP_PRE_RESTORE_DAYS = envint("BACKUP_KEEP_PRE_RESTORE_DAYS", 14, minimum=0)
 BACKUP_KEEP_UNVERIFIED_HOURS = envint("BACKUP_KEEP_UNVERIFIED_HOURS", 24, minimum=0)
 # Odoo dump zips (backups.odoozip): limits on an uploaded zip, checked before anything is extracted.
 BACKUP_ZIP_MAX_MEMBERS = envint("BACKUP_ZIP_MAX_MEMBERS", 500_000, minimum=1)
 BACKUP_ZIP_MAX_MEMBER_GIB = envint("BACKUP_ZIP_MAX_MEMBER_GIB", 256, minimum=1)
 BACKUP_ZIP_MAX_TOTAL_GIB = envint("BACKUP_ZIP_MAX_TOTAL_GIB", 512, minimum=1)
 BACKUP_ZIP_MAX_RATIO = envint("BACKUP_ZIP_MAX_RATIO", 200, minimum=1)
+# An imported zip is stored as parts of this size (MiB), each its own (encrypted) object: a reader seeks to the
+# zip's central directory and members by opening one part, never the whole upload.
+BACKUP_ZIP_PART_MB = envint("BACKUP_ZIP_PART_MB", 64, minimum=1)
 # The backup job (backups.services): pg_dump's compression where the server's pg_dump supports it (zstd and lz4
 # need PostgreSQL 16+; older ones use gzip), and how long one streamed step (dump, filestore) may take in all and
 # without moving a byte.
@@ -272,6 +277,7 @@ JOB_REAPER_INTERVAL = envfloat("JOB_REAPER_INTERVAL", 30.0)
 # A job that cannot write to the database for this long (or whose heartbeat is refused) stops its remote work
 # at once; shorter than JOB_STALE_AFTER, so a job has stopped before the reaper frees its target.
 JOB_LEASE_SECONDS = envfloat("JOB_LEASE_SECONDS", JOB_STALE_AFTER / 2)
+JOB_PROGRESS_SECONDS = envfloat("JOB_PROGRESS_SECONDS", 0.5)
 if not 0 < JOB_LEASE_SECONDS < JOB_STALE_AFTER:
     raise ImproperlyConfigured("JOB_LEASE_SECONDS must be positive and shorter than JOB_STALE_AFTER.")
 # How long a worker keeps retrying the final write of a job's lines and outcome while the database is away.

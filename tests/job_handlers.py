@@ -24,6 +24,8 @@ def emit(context: JobContext) -> dict[str, Any]:
             for _ in range(per_step if step < steps - 1 else count - written):
                 written += 1
                 context.log.output("out", f"line {written}")
+                if context.job.params.get("progress"):
+                    context.progress("Emitting lines", written * 1000, count * 1000, force=written == count)
                 if delay:
                     time.sleep(delay)
     if context.job.params.get("fail"):

@@ -117,6 +117,32 @@ def test_it_pushes_lines_live_while_the_job_runs(
     wait_status(job, (JobStatus.SUCCEEDED,))
 
 
+def test_it_pushes_progress_live_and_the_page_shows_the_last(
+    jobs_worker: Any, live_server_url: str, users: dict[str, Any], orgs: dict[str, Any], settings: Any
+) -> None:
+    cookie = session_cookie(users["alice"])
+    job = create_job(kind="test_emit", organization=orgs["a"], params={"count": 40, "delay": 0.05, "progress": True})
+    headers = {"Cookie": cookie, "Origin": live_server_url}
+
+    async def progress_frames() -> list[dict[str, Any]]:
+        async with websockets.connect(ws_url(live_server_url, job.pk), additional_headers=headers) as socket:
+            frames = await read_until(socket, lambda f, fs: f["type"] == "status" and f["status"] == "succeeded")
+            return [f["progress"] for f in frames if f["type"] == "progress"]
+
+    reports = asyncio.run(progress_frames())
+    # Throttled (JOB_PROGRESS_SECONDS = 0.5 s over a 2 s job): a few reports, growing, the last one complete.
+    assert 2 <= len(reports) < 40, reports
+    assert [r["done"] for r in reports] == sorted(r["done"] for r in reports)
+    assert all(r["label"] == "Emitting lines" and r["total"] == 40000 for r in reports)
+    assert reports[-1]["done"] == 40000
+    job.refresh_from_db()
+    assert job.progress == {"label": "Emitting lines", "done": 40000, "total": 40000}
+    client = Client()
+    client.force_login(users["alice"])
+    page = client.get(f"/jobs/{job.pk}/").content.decode().replace("\xa0", " ")
+    assert "Emitting lines: 39.1 KB of 39.1 KB (100 %)" in page
+
+
 @pytest.mark.parametrize("who", ["anonymous", "foreign-origin", "other-org", "customer"])
 def test_it_closes_sockets_that_may_not_see_the_job_before_any_data(
     who: str, live_server_url: str, users: dict[str, Any], orgs: dict[str, Any]

@@ -26,6 +26,7 @@ class EnvironmentState(models.TextChoices):
 
     NOT_DEPLOYED = "not deployed", "Not deployed"
     DEPLOYING = "deploying", "Deploying"
+    RESTORING = "restoring", "Restoring"
     RUNNING = "running", "Running"
     NEEDS_ATTENTION = "needs attention", "Needs attention"
     DEGRADED = "degraded", "Degraded"

@@ -10,6 +10,7 @@ from panel.inventory.services import State
 STATE_CSS = {
     EnvironmentState.NOT_DEPLOYED: "none",
     EnvironmentState.DEPLOYING: "running",
+    EnvironmentState.RESTORING: "running",
     EnvironmentState.RUNNING: "succeeded",
     EnvironmentState.NEEDS_ATTENTION: "alarm",
     EnvironmentState.DEGRADED: "alarm",

@@ -19,7 +19,7 @@ from panel.inventory.choices import EnvironmentState, ServerStatus
 from panel.inventory.copier import stored_domains
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs import services as jobs
-from panel.jobs.choices import ACTIVE_STATES, DEPLOY_JOB_KINDS, JobKind
+from panel.jobs.choices import ACTIVE_STATES, CHANGING_JOB_KINDS, JobKind
 from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
 from panel.remote import (
@@ -514,13 +514,18 @@ def environment_state(environment: Environment, *, active_job: Job | bool | None
     """
     if active_job is False:
         active_job = (
-            Job.objects.filter(environment=environment, kind__in=DEPLOY_JOB_KINDS, status__in=ACTIVE_STATES)
+            Job.objects.filter(environment=environment, kind__in=CHANGING_JOB_KINDS, status__in=ACTIVE_STATES)
             .order_by("created_at")
             .first()
         )
     current = environment.current_deployment
     commit = current.commit if current is not None else ""
     if isinstance(active_job, Job):
+        if active_job.kind in (JobKind.RESTORE, JobKind.COPY):
+            return State(
+                EnvironmentState.RESTORING, "restoring", f"{active_job} is {active_job.status}.",
+                "Restoring a backup.", commit, active_job.pk,
+            )  # fmt: skip
         verb = "rolling back" if active_job.kind == JobKind.ROLLBACK else "deploying"
         return State(
             EnvironmentState.DEPLOYING, verb, f"{active_job} is {active_job.status}.", verb.capitalize() + ".",

@@ -43,5 +43,5 @@ class LogStream(models.TextChoices):
     PANEL = "panel", "panel"
 
 
-# Jobs that change which version of an environment runs (its state shows "deploying" while one is active).
-DEPLOY_JOB_KINDS = (JobKind.DEPLOY, JobKind.ROLLBACK)
+# Jobs that change what an environment runs (its state shows "deploying" or "restoring" while one is active).
+CHANGING_JOB_KINDS = (JobKind.DEPLOY, JobKind.ROLLBACK, JobKind.RESTORE, JobKind.COPY)

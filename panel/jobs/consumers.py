@@ -7,7 +7,9 @@ lines; any gap (a dropped channel message) is filled from the database, and a li
 socket.
 Frames: ``{"type": "lines", "lines": [{"seq", "ts", "stream", "text"}]}``,
 ``{"type": "steps", "steps": [{"name", "status", "seconds", "first_seq", "last_seq"}]}`` while steps change, and
-``{"type": "status", "status", "reason", "finished_at"}``; the final status is sent once, after the last line.
+``{"type": "progress", "progress": {"label", "done", "total"}}`` while a backup, restore or download moves data
+(bytes; ``total`` null when unknown), and ``{"type": "status", "status", "reason", "finished_at"}``; the final
+status is sent once, after the last line.
 
 Live pushes through the channel layer are best effort: a Redis flush or restart drops the job's group and its
 messages. So while the job runs, a socket that heard nothing for ``JOB_WS_QUIET_SECONDS`` reads the database
@@ -128,6 +130,12 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         async with self.lock:
             if not self.finished:
                 await self._send({"type": "steps", "steps": event["steps"]})
+
+    async def job_progress(self, event: dict[str, Any]) -> None:
+        self.last_event = time.monotonic()
+        async with self.lock:
+            if not self.finished:
+                await self._send({"type": "progress", "progress": event["progress"]})
 
     async def job_status(self, event: dict[str, Any]) -> None:
         self.last_event = time.monotonic()

@@ -65,10 +65,25 @@ class JobContext:
         self.job = job
         self.log = log
         self.steps: list[dict[str, Any]] = []
+        self._progress_at = 0.0
 
     def write(self, text: str) -> None:
         """A line from the panel itself."""
         self.log.write(text)
+
+    def progress(self, label: str, done: int, total: int | None = None, *, force: bool = False) -> None:
+        """Report how far a data-moving step is (bytes ``done`` of ``total``, ``None`` when unknown): stored on the
+        job and pushed to its viewers at most every ``JOB_PROGRESS_SECONDS`` (always with ``force``, e.g. at the
+        end). Best effort: a database hiccup costs one report, never the job."""
+        now = time.monotonic()
+        if not force and now - self._progress_at < settings.JOB_PROGRESS_SECONDS:
+            return
+        self._progress_at = now
+        report: dict[str, Any] = {"label": label, "done": int(done), "total": None if total is None else int(total)}
+        try:
+            services.publish_progress(self.job.pk, report)
+        except Exception as exc:  # noqa: BLE001 - progress is informational; the step's own work decides
+            logger.warning("could not record the progress of job %s: %s", self.job.pk, exc)
 
     def check_cancel(self) -> None:
         """Stop here if the job lost its lease or someone canceled it."""

@@ -300,6 +300,12 @@ def publish_steps(job_id: int, steps: list[dict[str, Any]]) -> None:
     _send(job_id, {"type": "job.steps", "steps": snapshot})
 
 
+def publish_progress(job_id: int, progress: dict[str, Any]) -> None:
+    """Store what a running data-moving step has done (``{"label", "done", "total"}``, bytes) and tell viewers."""
+    Job.objects.filter(pk=job_id).update(progress=progress)
+    _send(job_id, {"type": "job.progress", "progress": progress})
+
+
 def append_lines(job_id: int, lines: Iterable[tuple[str, str]]) -> list[JobLogLine]:
     """Store lines with the next sequence numbers (row lock on the job) and push them after commit."""
     lines = list(lines)

@@ -7,7 +7,8 @@
  * socket closed because the user signed out (4401) or lost access (4403, 4404) is not reopened. Status frames
  * update every [data-job-status] badge of the job; when a running job ends, a "joblog-finished" event fires on
  * <body> (htmx reloads the parts of the page that depend on the result). Steps frames redraw every
- * [data-job-steps] list of the job: each step's name, state (succeeded, failed, running) and duration.
+ * [data-job-steps] list of the job: each step's name, state (succeeded, failed, running) and duration. Progress
+ * frames ({label, done, total} in bytes) update every [data-job-progress] bar of the job with the bytes and percent.
  *
  * Log text is untrusted: it is only ever inserted with textContent, never as HTML. ANSI colours (SGR 0, 1, 22,
  * 30-37, 39, 90-97) become spans with classes; other escape sequences are dropped.
@@ -105,6 +106,8 @@
         self.append(frame.lines || []);
       } else if (frame.type === "steps") {
         renderSteps(self.jobId, frame.steps || []);
+      } else if (frame.type === "progress") {
+        renderProgress(self.jobId, frame.progress || {});
       } else if (frame.type === "status") {
         self.setStatus(frame.status, frame.reason);
       }
@@ -322,6 +325,43 @@
     });
     document.querySelectorAll('[data-job-steps-empty="' + CSS.escape(jobId) + '"]').forEach(function (node) {
       node.hidden = steps.length > 0;
+    });
+  }
+
+  var UNITS = ["bytes", "KB", "MB", "GB", "TB"];
+
+  function formatBytes(value) {
+    var number = Number(value) || 0;
+    var unit = 0;
+    while (number >= 1024 && unit < UNITS.length - 1) {
+      number /= 1024;
+      unit += 1;
+    }
+    return (unit === 0 ? String(number) : number.toFixed(1)) + " " + UNITS[unit];
+  }
+
+  function renderProgress(jobId, progress) {
+    var done = Number(progress.done) || 0;
+    var total = Number(progress.total) || 0;
+    var text = String(progress.label || "") + ": " + formatBytes(done);
+    if (total > 0) {
+      text += " of " + formatBytes(total) + " (" + Math.min(100, Math.floor((100 * done) / total)) + " %)";
+    }
+    document.querySelectorAll('[data-job-progress="' + CSS.escape(jobId) + '"]').forEach(function (box) {
+      box.hidden = false;
+      var bar = box.querySelector("[data-job-progress-bar]");
+      if (bar) {
+        if (total > 0) {
+          bar.max = total;
+          bar.value = Math.min(done, total);
+        } else {
+          bar.removeAttribute("value");
+        }
+      }
+      var label = box.querySelector("[data-job-progress-text]");
+      if (label) {
+        label.textContent = text;
+      }
     });
   }
 

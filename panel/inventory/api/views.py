@@ -30,7 +30,7 @@ from panel.inventory.api.serializers import (
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs.api.serializers import JobBusySerializer, JobStartedSerializer
 from panel.jobs.api.views import busy_response
-from panel.jobs.choices import ACTIVE_STATES, DEPLOY_JOB_KINDS
+from panel.jobs.choices import ACTIVE_STATES, CHANGING_JOB_KINDS
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
@@ -174,7 +174,7 @@ class EnvironmentViewSet(ScopedModelViewSet):
     serializer_class = EnvironmentSerializer
 
     def base_queryset(self) -> models.QuerySet[Environment]:
-        active = Job.objects.filter(kind__in=DEPLOY_JOB_KINDS, status__in=ACTIVE_STATES).order_by("created_at")
+        active = Job.objects.filter(kind__in=CHANGING_JOB_KINDS, status__in=ACTIVE_STATES).order_by("created_at")
         return Environment.objects.select_related("project", "current_deployment", "changing_job").prefetch_related(
             models.Prefetch("jobs", queryset=active, to_attr="active_deploy_jobs")
         )

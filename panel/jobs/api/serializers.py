@@ -44,6 +44,7 @@ class JobSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type: ig
             "worker",
             "cancel_requested",
             "last_seq",
+            "progress",
         ]
         read_only_fields = fields
 
