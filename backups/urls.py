@@ -6,4 +6,10 @@ from backups import views
 
 urlpatterns = [
     path("environments/<int:environment_id>/backup/", views.environment_backup, name="environment_backup"),
+    path(
+        "environments/<int:environment_id>/copy-production/",
+        views.environment_copy_production,
+        name="environment_copy_production",
+    ),
+    path("backups/<int:backup_id>/restore/", views.backup_restore, name="backup_restore"),
 ]
