@@ -10,9 +10,15 @@ class BackupsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the backup, restore and verify jobs' handlers.
         from backups import restore, services, verify  # noqa: F401
-        from backups.extensions import BackupStorages, EnvironmentBackups
+        from backups.extensions import BackupStorages, EnvironmentBackups, EnvironmentZips
         from panel import extensions
 
         # The backup storages' API collection, and the environment page's Backups section (panel.extensions).
         extensions.register(BackupStorages())
         extensions.register(EnvironmentBackups())
+        extensions.register(EnvironmentZips())
+        # Odoo zip imports: the body reaches the view as a stream, never staged (panel.streamed_body).
+        from panel import streamed_body
+
+        streamed_body.register(r"/api/v1/environments/[0-9]+/import-zip/")
+        streamed_body.register(r"/environments/[0-9]+/import-zip/")

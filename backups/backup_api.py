@@ -37,6 +37,7 @@ from backups.models import Backup, BackupSettings, BackupStorage
 from backups.restore import RestoreRefused, confirmation_problem, copy_production_to, start_restore
 from backups.services import settle_backups, start_backup
 from backups.verify import start_verify
+from backups.zip_api import BackupZipActions
 from panel.accounts.api.serializers import (
     CustomerViewMixin,
     DetailSerializer,
@@ -228,7 +229,7 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
         parameters=[OpenApiParameter("environment", OpenApiTypes.INT, description="Only this environment's.")]
     )
 )
-class BackupViewSet(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
+class BackupViewSet(BackupZipActions, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
     """Backups of the caller's environments, newest first; customers see production ones, dates and state only."""
 
     serializer_class = BackupSerializer

@@ -12,6 +12,8 @@ from typing import Any
 from backups.api import BackupStorageViewSet
 from backups.backup_api import BackupViewSet, EnvironmentBackupActions
 from backups.views import environment_backups_context
+from backups.zip_api import BackupPolicyViewSet, EnvironmentZipActions
+from backups.zip_views import environment_zips_context
 from panel.extensions import Contribution, Page
 
 
@@ -32,11 +34,26 @@ class EnvironmentBackups(Contribution):
     model = "environment"
     order = 200
     templates = {"sections": "backups/_environment_section.html"}
-    viewset_mixins = (EnvironmentBackupActions,)
-    api_routes = (("backups", BackupViewSet, "backup"),)
+    viewset_mixins = (EnvironmentBackupActions, EnvironmentZipActions)
+    api_routes = (("backups", BackupViewSet, "backup"), ("backup-policies", BackupPolicyViewSet, "backup-policy"))
     html_urls = "backups.urls"
 
     def context(self, page: Page) -> dict[str, Any]:
         return environment_backups_context(
+            page.request, page.obj, show_details=page.show_details, may_change=page.may_change
+        )
+
+
+class EnvironmentZips(Contribution):
+    """Odoo dump zips on the environment page: the import form and the customers' download switch (the *Download
+    zip* links are in the backup list; the API routes are in ``backups.zip_api``)."""
+
+    name = "backups.zips"
+    model = "environment"
+    order = 210
+    templates = {"sections": "backups/_zip_section.html"}
+
+    def context(self, page: Page) -> dict[str, Any]:
+        return environment_zips_context(
             page.request, page.obj, show_details=page.show_details, may_change=page.may_change
         )

@@ -60,6 +60,7 @@ from backups.services import (
     settle_backups,
 )
 from backups.storage import CHUNK, Storage, StorageError, StoredObject, open_storage
+from backups.zipimport import restore_source
 from deployments.pipeline import Pipeline, StepFailed
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
@@ -308,6 +309,8 @@ class RestoreRun(EnvironmentCommands):
         self.files = 0
         self.bytes = 0
         self.swapped_back = False
+        # An imported Odoo zip: dump.sql and the filestore come from the stored zip (backups.zipimport).
+        self.source = restore_source(backup, storage)
 
     # -- remote commands (``EnvironmentCommands``, as the backup job runs them) --------------------------
 
@@ -377,7 +380,7 @@ class RestoreRun(EnvironmentCommands):
     def restore_database(self) -> None:
         """Create ``<db>_restore_<job>`` like the live one and ``pg_restore`` the dump into it from the storage."""
         entry = next((e for e in self.backup.manifest.get("objects", []) if e.get("role") == "database"), None)
-        if entry is None:
+        if entry is None and self.source is None:
             raise RestoreFailed(f"Backup #{self.backup.pk}'s manifest lists no database dump.")
         info = self.capture(
             self.psql(self.database, "SELECT pg_encoding_to_char(encoding) || ' ' || datcollate || ' ' || datctype "
@@ -390,6 +393,10 @@ class RestoreRun(EnvironmentCommands):
                                   f"{_literal(encoding)} LC_COLLATE {_literal(collate)} LC_CTYPE {_literal(ctype)}"),
             "Creating the new database",
         )  # fmt: skip
+        if self.source is not None:
+            self.source.restore_database(self)  # psql ON_ERROR_STOP, one transaction
+            return
+        assert entry is not None
         size = entry.get("plain_size") or entry["size"]
         self.context.write(
             f"Restoring the dump ({size / 1e6:.1f} MB) into the new database {self.restored}; the live "
@@ -418,6 +425,9 @@ class RestoreRun(EnvironmentCommands):
 
     def _filestore_stream(self) -> Iterator[bytes]:
         """The backup's filestore as one tar stream, built while the objects are read (SHA-1 and SHA-256 checked)."""
+        if self.source is not None:
+            yield from self.source.filestore_tar(self)
+            return
         objects = self.backup.manifest.get("objects", [])
         for entry in objects:
             if entry.get("role") != "filestore":

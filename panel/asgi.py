@@ -7,9 +7,11 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "panel.settings")
+
+from panel.streamed_body import get_asgi_application
+
+# Django's handler, except that the registered upload paths get their body as a stream (panel.streamed_body).
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
+from panel.streamed_body import is_streamed
 from panel.validators import unstorable_text
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -43,10 +44,9 @@ def unstorable_input(request: HttpRequest) -> str | None:
     checked by the API's parsers (``panel.api``) and webhook payloads by the webhook view.
     """
     fields = [request.path, *(text for key, values in request.GET.lists() for text in (key, *values))]
-    if request.method == "POST" and request.content_type in (
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
-    ):
+    # A streamed upload's form is its view's to read (parsing it here would stage the upload on disk).
+    form_types = ("application/x-www-form-urlencoded", "multipart/form-data")
+    if request.method == "POST" and request.content_type in form_types and not is_streamed(request.path):
         fields += [text for key, values in request.POST.lists() for text in (key, *values)]
     for text in fields:
         problem = unstorable_text(text)

@@ -244,7 +244,7 @@ def test_it_refuses_a_contribution_that_reuses_a_page_variable(users: Any, inven
 
 def test_it_lists_deployments_as_the_environment_contribution() -> None:
     names = [contribution.name for contribution in extensions.contributions("environment")]
-    # Deployments (order 100) first, then backups (200).
-    assert names == ["deployments", "backups.environment"]
+    # Deployments (order 100) first, then backups (200) and its Odoo zips (210).
+    assert names == ["deployments", "backups.environment", "backups.zips"]
     assert [c.name for c in extensions.contributions("project")] == ["deployments.webhooks", "deployments.answers"]
     assert extensions.html_urls() == ["deployments.urls", "backups.urls"]
