@@ -15,6 +15,10 @@ The policy, in the words the README uses:
   backups *and* younger than ``pre_deploy_max_age_days``. Both bounds hold at once, so frequent deploys cannot
   pile them up and an old one does not linger after deploys stop (the GFS slots cover the long term). They never
   fill a GFS slot: a burst of deploys must not push a scheduled backup out of its day.
+- **Pre-restore backups** (the safety backup a restore takes of its target) likewise: kept while one of the newest
+  ``pre_restore_keep`` verified ones *and* younger than ``pre_restore_max_age_days``; never a GFS slot.
+- **Imported backups** (an Odoo dump zip someone brought in) are never pruned: retention only removes what the
+  panel took by itself.
 - **Always kept:** the newest verified backup (of any kind) and every backup that a restore is using.
 - **Unverified backups** (failed, interrupted, not yet verified) never fill a slot. One younger than
   ``unverified_grace_hours`` is kept (its verification may still be running); older ones are pruned.
@@ -35,6 +39,8 @@ class BackupKind(enum.StrEnum):
     SCHEDULED = "scheduled"
     MANUAL = "manual"
     PRE_DEPLOY = "pre-deploy"
+    PRE_RESTORE = "pre-restore"
+    IMPORTED = "imported"
 
 
 #: Kinds whose verified backups fill GFS slots.
@@ -43,6 +49,7 @@ GFS_KINDS = frozenset({BackupKind.SCHEDULED, BackupKind.MANUAL})
 REASON_NEWEST_VERIFIED = "newest verified"
 REASON_IN_USE = "in use"
 REASON_AWAITING_VERIFICATION = "awaiting verification"
+REASON_IMPORTED = "imported"
 
 
 @dataclass(frozen=True)
@@ -75,10 +82,15 @@ class RetentionPolicy:
     time_zone: str = "UTC"
     pre_deploy_keep: int = 3
     pre_deploy_max_age_days: int = 14
+    pre_restore_keep: int = 3
+    pre_restore_max_age_days: int = 14
     unverified_grace_hours: int = 24
 
     def __post_init__(self) -> None:
-        for name in ("daily", "weekly", "monthly", "pre_deploy_keep", "pre_deploy_max_age_days"):
+        for name in (
+            "daily", "weekly", "monthly", "pre_deploy_keep", "pre_deploy_max_age_days", "pre_restore_keep",
+            "pre_restore_max_age_days",
+        ):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"Retention {name} must be a whole number of 0 or more, not {value!r}.")
@@ -107,6 +119,8 @@ class RetentionPolicy:
             "monthly": settings.BACKUP_KEEP_MONTHLY,
             "pre_deploy_keep": settings.BACKUP_KEEP_PRE_DEPLOY,
             "pre_deploy_max_age_days": settings.BACKUP_KEEP_PRE_DEPLOY_DAYS,
+            "pre_restore_keep": settings.BACKUP_KEEP_PRE_RESTORE,
+            "pre_restore_max_age_days": settings.BACKUP_KEEP_PRE_RESTORE_DAYS,
             "unverified_grace_hours": settings.BACKUP_KEEP_UNVERIFIED_HOURS,
             "time_zone": settings.TIME_ZONE,
         }
@@ -183,11 +197,15 @@ def plan_retention(backups: Iterable[BackupRecord], policy: RetentionPolicy, *, 
         for bucket, record in _newest_per_bucket(slot_candidates, zone, bucket_of)[: getattr(policy, attribute)]:
             reasons[record.id].append(f"{tier} {bucket}")
 
-    pre_deploy = [record for record in verified if record.kind == BackupKind.PRE_DEPLOY]
-    max_age = timedelta(days=policy.pre_deploy_max_age_days)
-    for position, record in enumerate(pre_deploy[: policy.pre_deploy_keep], start=1):
-        if now - record.taken_at.astimezone(UTC) < max_age:
-            reasons[record.id].append(f"pre-deploy {position} of {policy.pre_deploy_keep}")
+    for kind, count, max_age_days in (
+        (BackupKind.PRE_DEPLOY, policy.pre_deploy_keep, policy.pre_deploy_max_age_days),
+        (BackupKind.PRE_RESTORE, policy.pre_restore_keep, policy.pre_restore_max_age_days),
+    ):
+        max_age = timedelta(days=max_age_days)
+        of_kind = [record for record in verified if record.kind == kind]
+        for position, record in enumerate(of_kind[:count], start=1):
+            if now - record.taken_at.astimezone(UTC) < max_age:
+                reasons[record.id].append(f"{kind.value} {position} of {count}")
 
     grace = timedelta(hours=policy.unverified_grace_hours)
     for record in ordered:
@@ -195,6 +213,8 @@ def plan_retention(backups: Iterable[BackupRecord], policy: RetentionPolicy, *, 
             reasons[record.id].append(REASON_AWAITING_VERIFICATION)
         if record.in_use:
             reasons[record.id].append(REASON_IN_USE)
+        if record.kind == BackupKind.IMPORTED:
+            reasons[record.id].append(REASON_IMPORTED)
 
     keep = {record.id: tuple(reasons[record.id]) for record in ordered if reasons[record.id]}
     prune = tuple(record.id for record in ordered if not reasons[record.id])
