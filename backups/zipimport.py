@@ -613,10 +613,25 @@ def odoo_manifest_of(backup: Backup) -> dict[str, Any]:
     }
 
 
-def _local_pg_restore() -> tuple[str, int] | None:
+# Where Debian and PostgreSQL's apt repository install each major version's client side by side.
+VERSIONED_PG_RESTORE = "/usr/lib/postgresql/{major}/bin/pg_restore"
+
+
+def _local_pg_restore(dump_major: int = 0) -> tuple[str, int] | None:
+    """The panel host's pg_restore for a dump of ``dump_major``: that major version's own when it is installed (a
+    newer pg_restore writes SQL only newer servers run, e.g. 17's ``SET transaction_timeout``), else
+    ``BACKUP_VERIFY_PG_RESTORE``; with its major version, or None when there is none."""
     from backups.verify import _local_pg_restore as find
 
+    if dump_major:
+        own = find(VERSIONED_PG_RESTORE.format(major=dump_major))
+        if own is not None and own[1] == dump_major:
+            return own
     return find(settings.BACKUP_VERIFY_PG_RESTORE)
+
+
+def _dump_major(backup: Backup) -> int:
+    return int((backup.manifest.get("postgresql") or {}).get("pg_dump_major") or 0)
 
 
 def download_refusal(backup: Backup) -> str:
@@ -641,10 +656,10 @@ def download_refusal(backup: Backup) -> str:
         OdooManifest.from_mapping(odoo_manifest_of(backup))
     except OdooZipError as exc:
         return f"Backup #{backup.pk} cannot be described as an Odoo dump: {exc}"
-    local = _local_pg_restore()
+    dump_major = _dump_major(backup)
+    local = _local_pg_restore(dump_major)
     if local is None:
         return "The panel host has no pg_restore (install postgresql-client) to turn the dump into dump.sql."
-    dump_major = int((backup.manifest.get("postgresql") or {}).get("pg_dump_major") or 0)
     if local[1] < dump_major:
         return (
             f"The panel host's pg_restore {local[1]} cannot read a dump of pg_dump {dump_major}: install a newer "
@@ -769,7 +784,7 @@ def download_chunks(backup: Backup) -> Iterator[bytes]:
                     yield chunk
         return
     entry = next(entry for entry in objects if entry.get("role") == "database")
-    local = _local_pg_restore()
+    local = _local_pg_restore(_dump_major(backup))
     assert local is not None
     sql = _PgRestoreSql(local[0], storage, _expected(entry))
     try:

@@ -304,3 +304,19 @@ def test_it_lets_owners_switch_customer_downloads_on_the_environment_page(config
     assert link in page_client(users["carol"]).get(f"/environments/{env.pk}/").content
     assert page_client(users["alice"]).post(url, {}).status_code == 302
     assert not BackupPolicy.objects.get(organization=env.project.organization).customers_may_download
+
+
+def test_it_verifies_an_imported_zip_like_any_backup_and_finds_an_altered_part(configured, users) -> None:
+    from backups.verify import verify_objects
+
+    accepted = post_zip(users["alice"], configured["env_a"], odoo_zip({sha1_name(b"x" * 5000): b"x" * 5000}))
+    backup = Backup.objects.get(pk=accepted.json()["backup"])
+    storage = open_storage(configured["storage"])
+    report = verify_objects(storage, backup.manifest)
+    assert report.ok and report.objects == len(backup.manifest["objects"]) + 1  # the parts and the manifest
+    part = configured["root"] / backup.manifest["objects"][0]["key"]
+    data = bytearray(part.read_bytes())
+    data[-20] ^= 1
+    part.write_bytes(bytes(data))
+    report = verify_objects(storage, backup.manifest)
+    assert not report.ok and backup.manifest["objects"][0]["key"] in report.problems[0]
