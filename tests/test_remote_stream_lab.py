@@ -64,6 +64,16 @@ def test_it_feeds_stdin_from_an_iterator_and_keeps_memory_bounded(lab1) -> None:
     assert grown_mib < 64, f"peak RSS grew by {grown_mib:.0f} MiB for a 256 MiB stream"
 
 
+def test_it_feeds_every_chunk_after_an_empty_one(lab1) -> None:
+    """An empty chunk is not the end of stdin (the restore's tar stream yields one after each file whose size is a
+    multiple of 512 bytes; taking it for the end truncated the restored filestore after the first such file)."""
+    target = lab_target(lab1)
+    out: list[bytes] = []
+    result = stream(target, ["wc", "-c"], source=iter([b"a" * 512, b"", b"b" * 100, b""]), sink=out.append)
+    assert result.ok, result.stderr
+    assert b"".join(out).decode().strip() == "612" and result.bytes_in == 612
+
+
 def test_it_stops_feeding_a_command_that_exits_early(lab1) -> None:
     target = lab_target(lab1)
 

@@ -494,10 +494,16 @@ def stream(
                 if channel.exit_status_ready() or channel.closed:
                     chunks = None  # it exited without reading all of its stdin: stop feeding it
                 elif not pending:
-                    pending = next(chunks, b"")
-                    if not pending:
+                    # Only the source's end ends stdin: an empty chunk (a tar's padding of a file whose size is a
+                    # multiple of 512) is no end of input.
+                    following = next(chunks, None)
+                    while following is not None and not following:
+                        following = next(chunks, None)
+                    if following is None:
                         channel.shutdown_write()
                         chunks = None
+                    else:
+                        pending = following
                 if pending and chunks is not None and channel.send_ready():
                     try:
                         sent = channel.send(pending[:READ_CHUNK])
