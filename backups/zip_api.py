@@ -32,6 +32,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backups.models import BackupPolicy
+from backups.storage import StorageError
 from backups.zipimport import (
     ZipImportRefused,
     download_chunks,
@@ -114,7 +115,7 @@ class EnvironmentZipActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
             400: DetailSerializer,
             409: JobBusySerializer,
             415: DetailSerializer,
-            503: JobBusySerializer,
+            503: DetailSerializer,
         },
     )
     @action(detail=True, methods=["post"], url_path="import-zip", parser_classes=[ZipBodyParser])
@@ -141,6 +142,10 @@ class EnvironmentZipActions(viewsets.GenericViewSet):  # type: ignore[type-arg]
             return busy_response(exc)
         except ZipImportRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        except StorageError as exc:  # nothing of the upload is kept
+            return Response({"detail": f"The backup storage failed: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        except OSError as exc:  # the client went away or the body could not be read
+            return Response({"detail": f"The upload was interrupted: {exc}"}, status=status.HTTP_400_BAD_REQUEST)
         assert upload.backup is not None
         body = ZipImportedSerializer(
             {"backup": upload.backup.pk, "job": upload.job}, context=self.get_serializer_context()

@@ -109,6 +109,9 @@ def _import(
     except ZipImportRefused as exc:
         messages.error(request, str(exc))
         return _back(environment)
+    except StorageError as exc:
+        messages.error(request, f"The backup storage failed: {exc}")
+        return _back(environment)
     except TargetBusy as exc:
         messages.warning(
             request, f"{busy_message(exc)} The zip is kept as backup #{upload.backup.pk if upload.backup else '?'}."

@@ -50,7 +50,7 @@ from backups.odoozip import (
     iter_odoo_zip,
     psql_restore_argv,
 )
-from backups.services import backup_settings_of, settle_backups
+from backups.services import backup_lock_key, backup_settings_of, settle_backups
 from backups.storage import CHUNK, Storage, StorageError, StoredObject, open_storage, validate_key
 from panel.accounts.choices import Action
 from panel.accounts.scoping import can
@@ -304,7 +304,7 @@ def check_import_allowed(environment: Environment, confirm: str | None, *, requi
         raise ZipImportRefused(str(exc)) from exc
     if require_confirm:
         check_confirm(environment, confirm)
-    holder = Job.objects.filter(lock_key=f"environment:{environment.pk}", status__in=ACTIVE_STATES).first()
+    holder = Job.objects.filter(lock_key=backup_lock_key(environment), status__in=ACTIVE_STATES).first()
     if holder is not None:
         raise TargetBusy(holder)
 

@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 from backups.models import Backup, BackupPolicy, BackupSettings
 from backups.odoozip import write_odoo_zip
 from backups.storage import open_storage
-from backups.zipimport import ZipUploadWriter, close_reader, open_stored_zip
+from backups.zipimport import ZipUploadWriter, close_reader, open_stored_zip, zip_parts
 from panel.accounts.models import AuditEvent
 from panel.jobs.models import Job
 from tests.backup_fixtures import make_local_storage
@@ -320,3 +320,29 @@ def test_it_verifies_an_imported_zip_like_any_backup_and_finds_an_altered_part(c
     part.write_bytes(bytes(data))
     report = verify_objects(storage, backup.manifest)
     assert not report.ok and backup.manifest["objects"][0]["key"] in report.problems[0]
+
+
+def test_it_imports_into_an_encrypted_s3_storage_and_downloads_the_same_bytes(configured, users, moto_s3) -> None:
+    from tests.backup_fixtures import make_s3_storage
+
+    env = configured["env_a"]
+    bucket = "zips-" + os.urandom(4).hex()
+    moto_s3.client().create_bucket(Bucket=bucket)
+    storage_row = make_s3_storage(env.project.organization, moto_s3, bucket, name="s3", encrypt=True)
+    BackupSettings.objects.filter(environment=env).update(storage=storage_row)
+    files = {sha1_name(data): data for data in (os.urandom(120_000), b"tiny")}
+    body = odoo_zip(files)
+    accepted = post_zip(users["olga"], env, body)
+    assert accepted.status_code == 202, accepted.content
+    backup = Backup.objects.get(pk=accepted.json()["backup"])
+    keys = [item["Key"] for item in moto_s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert sorted(keys) == sorted(
+        entry["key"] for entry in [*backup.manifest["objects"], backup.manifest["manifest_object"]]
+    )
+    reader = open_stored_zip(open_storage(storage_row), zip_parts(backup))
+    try:
+        assert {path: stream.read() for path, stream in reader.iter_filestore()} == files
+    finally:
+        close_reader(reader)
+    download = client_for(users["alice"]).get(f"/api/v1/backups/{backup.pk}/download/")
+    assert download.status_code == 200 and b"".join(download.streaming_content) == body
