@@ -9,7 +9,7 @@ class BackupsConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the backup, restore and verify jobs' handlers.
-        from backups import restore, services, verify  # noqa: F401
+        from backups import predeploy, restore, services, verify  # noqa: F401
         from backups.extensions import BackupStorages, EnvironmentBackups, EnvironmentZips
         from panel import extensions
 
@@ -22,3 +22,5 @@ class BackupsConfig(AppConfig):
 
         streamed_body.register(r"/api/v1/environments/[0-9]+/import-zip/")
         streamed_body.register(r"/environments/[0-9]+/import-zip/")
+        # A deploy's database dump becomes a pre-deploy backup (deployments.hooks; deployments imports no backups).
+        predeploy.register()

@@ -28,6 +28,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 
 from backups import retention
+from backups.locks import storage_lock
 from backups.models import Backup, BackupKind, BackupSettings, BackupStatus, BackupStorage, FilestoreObject
 from backups.schedule import is_due, overdue_since
 from backups.services import backup_lock_key, settle_backups, start_backup
@@ -219,9 +220,16 @@ class PruneReport:
 
 
 def backups_in_use(environment: Environment) -> set[int]:
-    """The environment's backups that an active restore, copy or verify job reads (``params.backup_id``)."""
+    """The environment's backups that an active restore, copy or verify job reads (``params.backup_id``), and the
+    safety backup a restore took of its target (``params.safety_backup_id``: kept while the restore runs)."""
     ids = Job.objects.filter(kind__in=READING_KINDS, status__in=ACTIVE_STATES).values_list("params", flat=True)
-    found = {int(params["backup_id"]) for params in ids if isinstance(params, dict) and params.get("backup_id")}
+    found = {
+        int(params[name])
+        for params in ids
+        if isinstance(params, dict)
+        for name in ("backup_id", "safety_backup_id")
+        if str(params.get(name) or "").isdigit()
+    }
     return set(Backup.objects.filter(environment=environment, pk__in=found).values_list("pk", flat=True))
 
 
@@ -322,34 +330,35 @@ def _delete_own_objects(backup: Backup) -> int:
 def _delete_unlisted_files(backup_storage: BackupStorage, report: PruneReport) -> int:
     """Delete the filestore files of the storage that no remaining backup lists (none while one is running).
 
-    The rows go first, in one transaction with the check that no backup into the storage runs, and the objects
-    after it committed: a backup that starts meanwhile no longer finds the rows and uploads those files again
-    rather than listing an object that is about to go. (The other order could leave a row, which every later backup
-    trusts, without its object; this one at worst leaves an object without a row, which costs only space.) An
-    object that was uploaded again in between (its row is back) is left alone.
+    All of it under the storage's lock (``backups.locks``), which a backup also takes while it claims the files it
+    reuses: the check that no backup into the storage runs, the rows (committed first), then the objects. A backup
+    that starts meanwhile waits for the lock, then no longer finds the rows and uploads those files again. (The rows
+    go before the objects: the other order could leave a row, which every later backup trusts, without its object;
+    this one at worst leaves an object without a row, which costs only space.)
     """
     storage_id = backup_storage.pk
     backups = Backup.objects.filter(storage_id=storage_id)
     running = Q(status=BackupStatus.RUNNING) | Q(job__status__in=ACTIVE_STATES, job__kind=JobKind.BACKUP)
-    with transaction.atomic():
-        if backups.filter(running).exists():
-            report.errors.append(f"storage {storage_id}: a backup into it is running; its files are pruned later")
-            return 0
-        kept = [_manifest_keys(backup, filestore=True) for backup in backups.only("manifest")]
-        listed = [obj.key for obj in FilestoreObject.objects.filter(storage_id=storage_id).only("key")]
-        doomed = sorted(retention.files_to_delete(kept, [listed]))
-        if not doomed:
-            return 0
-        FilestoreObject.objects.filter(storage_id=storage_id, key__in=doomed).delete()
-    storage = open_storage(backup_storage)
-    deleted = 0
-    for key in doomed:
-        if FilestoreObject.objects.filter(storage_id=storage_id, key=key).exists():
-            continue
-        try:
-            storage.delete(key)
-        except StorageError as exc:
-            report.errors.append(f"{key}: {exc}")
-            continue
-        deleted += 1
+    with storage_lock(storage_id):
+        with transaction.atomic():
+            if backups.filter(running).exists():
+                report.errors.append(f"storage {storage_id}: a backup into it is running; its files are pruned later")
+                return 0
+            kept = [_manifest_keys(backup, filestore=True) for backup in backups.only("manifest")]
+            listed = [obj.key for obj in FilestoreObject.objects.filter(storage_id=storage_id).only("key")]
+            doomed = sorted(retention.files_to_delete(kept, [listed]))
+            if not doomed:
+                return 0
+            FilestoreObject.objects.filter(storage_id=storage_id, key__in=doomed).delete()
+        storage = open_storage(backup_storage)
+        deleted = 0
+        for key in doomed:
+            if FilestoreObject.objects.filter(storage_id=storage_id, key=key).exists():
+                continue  # stored again by something that does not take the lock: it is that row's object now
+            try:
+                storage.delete(key)
+            except StorageError as exc:
+                report.errors.append(f"{key}: {exc}")
+                continue
+            deleted += 1
     return deleted

@@ -37,6 +37,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from backups.locks import claim_filestore_objects
 from backups.models import (
     Backup,
     BackupKind,
@@ -113,7 +114,6 @@ ODOO_FACTS_SCRIPT = 'printf "%s\\n%s\\n" "${PGDATABASE:-}" "${ODOO_VERSION:-}"'
 # Every regular file under the filestore directory, "<size> <relative name>\0"; nothing when there is none yet.
 LIST_SCRIPT = 'd=$1; [ -d "$d" ] || exit 0; cd "$d" && exec find . -type f -printf "%s %P\\0"'
 MODULES_SQL = "SELECT name, coalesce(latest_version, '') FROM ir_module_module WHERE state = 'installed' ORDER BY name"
-LOOKUP_BATCH = 2000
 
 
 class BackupFailed(JobFailed):
@@ -305,6 +305,10 @@ class BackupRun(EnvironmentCommands):
     target: Target = field(init=False)
     objects: list[dict[str, Any]] = field(default_factory=list)
     uploaded: int = 0
+    dump_header: list[str] = field(default_factory=list)
+    #: How the job names its steps: a pre-deploy backup runs inside the deploy job (``backups.predeploy``).
+    step_prefix: ClassVar[str] = ""
+    dump_step: ClassVar[str] = "Dump the database"
 
     def __post_init__(self) -> None:
         self.environment = self.backup.environment
@@ -428,9 +432,9 @@ class BackupRun(EnvironmentCommands):
                 self.db("pg_restore", "--list"), "pg_restore --list", sink=keep,
                 source=iter(lambda: source.read(CHUNK), b""),
             )  # fmt: skip
-        entries = [
-            line for line in listing.decode(errors="replace").splitlines() if line.strip() and not line.startswith(";")
-        ]
+        lines = listing.decode(errors="replace").splitlines()
+        self.dump_header = [line for line in lines[:60] if line.startswith(";")]  # "Dumped by pg_dump version: …"
+        entries = [line for line in lines if line.strip() and not line.startswith(";")]
         if not entries:
             raise BackupFailed("pg_restore --list found no entries in the dump.")
         self.context.write(
@@ -544,12 +548,8 @@ class BackupRun(EnvironmentCommands):
                 named[name] = match.group(2)
             else:
                 others.append(name)
-        known: dict[str, FilestoreObject] = {}
-        sha1s = sorted(set(named.values()))
-        for start in range(0, len(sha1s), LOOKUP_BATCH):
-            batch = sha1s[start : start + LOOKUP_BATCH]
-            for obj in FilestoreObject.objects.filter(storage=self.backup.storage, sha1__in=batch):
-                known[obj.sha1] = obj
+        # Under the storage lock: retention deletes none of these while this backup runs (backups.locks).
+        known = claim_filestore_objects(self.backup.storage_id, named.values())
         missing = [name for name, sha1 in named.items() if sha1 not in known]
         self.context.write(
             f"The filestore has {len(listed)} files ({sum(listed.values()) / 1e6:.1f} MB): {len(named) - len(missing)} "
@@ -630,6 +630,10 @@ class BackupRun(EnvironmentCommands):
         }
 
 
+#: Backup kinds whose job work differs (``backups.predeploy`` registers the pre-deploy one); others: ``BackupRun``.
+BACKUP_RUNS: dict[str, type[BackupRun]] = {}
+
+
 def _fail_backup(backup: Backup, status: str, reason: str) -> None:
     Backup.objects.filter(pk=backup.pk, status=BackupStatus.RUNNING).update(
         status=status, reason=reason[:2000], finished_at=timezone.now()
@@ -642,23 +646,24 @@ def run_backup(context: JobContext) -> dict[str, Any]:
     backup = Backup.objects.select_related("environment__server", "environment__current_deployment", "storage").get(
         pk=context.job.params["backup_id"]
     )
+    run = BACKUP_RUNS.get(backup.kind, BackupRun)
     try:
-        with context.step("Open the storage"):
+        with context.step(f"{run.step_prefix}Open the storage"):
             try:
                 storage = open_storage(backup.storage)
             except StorageError as exc:
                 raise BackupFailed(str(exc)) from exc
-        work = BackupRun(context, backup, storage)
+        work = run(context, backup, storage)
         try:
-            with context.step("Read the environment"):
+            with context.step(f"{run.step_prefix}Read the environment"):
                 facts = work.facts()
-            with context.step("Dump the database"):
+            with context.step(f"{run.step_prefix}{run.dump_step}"):
                 dump = work.dump(facts)
-            with context.step("Check the dump"):
+            with context.step(f"{run.step_prefix}Check the dump"):
                 toc_entries = work.check_dump(facts, dump)
-            with context.step("Back up the filestore"):
+            with context.step(f"{run.step_prefix}Back up the filestore"):
                 filestore = work.filestore(facts["database"])
-            with context.step("Write the manifest"):
+            with context.step(f"{run.step_prefix}Write the manifest"):
                 finished = timezone.now()
                 manifest = {
                     "format": MANIFEST_FORMAT,

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from deployments import hooks
 from deployments.choices import DeploymentKind, DeploymentStatus, Trigger
 from deployments.models import Deployment
 from deployments.pipeline import Checkout, Pipeline, StepFailed, image_ref, panel_made_tag, render_override
@@ -427,6 +428,8 @@ def _deploy_new(pipeline: Pipeline, context: JobContext, deployment: Deployment,
             pipeline.require_free_disk(dump_bytes=_last_dump_bytes(environment), docker=False)
             deployment.db_snapshot = pipeline.snapshot_database()
             deployment.save(update_fields=["db_snapshot"])
+        # What other apps do with the dump (the backups app stores it as a pre-deploy backup); never fails the deploy.
+        hooks.snapshot_taken(context, pipeline, deployment)
     with context.step("Update database"):
         pipeline.update_database(first_deploy=first_deploy)
     with context.step("Start"):
