@@ -774,23 +774,35 @@ def _backup_filestore(storage: Storage, objects: list[dict[str, Any]]) -> Iterat
 
 
 def download_chunks(backup: Backup) -> Iterator[bytes]:
-    """The bytes of ``backup`` as an Odoo zip, produced as they are read (call ``download_refusal`` first)."""
+    """The bytes of ``backup`` as an Odoo zip, produced as they are read (call ``download_refusal`` first).
+
+    Everything that needs the database (the storage's row, the manifest) is read here, in the caller's thread; the
+    returned iterator only reads the storage and runs pg_restore (under ASGI it is advanced in worker threads).
+    """
     storage = open_storage(backup.storage)
-    objects = backup.manifest.get("objects", [])
+    objects = list(backup.manifest.get("objects", []))
     if backup.manifest.get("source") == ZIP_SOURCE:
-        for part in zip_parts(backup):
-            with storage.reader(part.key, expected=part) as stream:
-                while chunk := stream.read(CHUNK):
-                    yield chunk
-        return
+        return _stored_zip_chunks(storage, zip_parts(backup))
     entry = next(entry for entry in objects if entry.get("role") == "database")
     local = _local_pg_restore(_dump_major(backup))
     assert local is not None
-    sql = _PgRestoreSql(local[0], storage, _expected(entry))
+    return _converted_chunks(local[0], storage, _expected(entry), objects, odoo_manifest_of(backup))
+
+
+def _stored_zip_chunks(storage: Storage, parts: list[StoredObject]) -> Iterator[bytes]:
+    for part in parts:
+        with storage.reader(part.key, expected=part) as stream:
+            while chunk := stream.read(CHUNK):
+                yield chunk
+
+
+def _converted_chunks(
+    pg_restore: str, storage: Storage, dump: StoredObject, objects: list[dict[str, Any]], manifest: dict[str, Any]
+) -> Iterator[bytes]:
+    sql = _PgRestoreSql(pg_restore, storage, dump)
     try:
-        dump = io.BufferedReader(sql, CHUNK)
         yield from iter_odoo_zip(
-            dump_sql=dump, filestore=_backup_filestore(storage, objects), manifest=odoo_manifest_of(backup)
+            dump_sql=io.BufferedReader(sql, CHUNK), filestore=_backup_filestore(storage, objects), manifest=manifest
         )
     finally:
         sql.close()
