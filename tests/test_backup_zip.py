@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from backups.models import Backup, BackupPolicy, BackupSettings
 from backups.odoozip import write_odoo_zip
-from backups.storage import open_storage
+from backups.storage import StorageError, open_storage
 from backups.zipimport import ZipUploadWriter, close_reader, open_stored_zip, zip_parts
 from panel.accounts.models import AuditEvent
 from panel.jobs.models import Job
@@ -346,3 +346,75 @@ def test_it_imports_into_an_encrypted_s3_storage_and_downloads_the_same_bytes(co
         close_reader(reader)
     download = client_for(users["alice"]).get(f"/api/v1/backups/{backup.pk}/download/")
     assert download.status_code == 200 and b"".join(download.streaming_content) == body
+
+
+def custom_dump(sql: str) -> bytes:
+    """A ``pg_dump --format=custom`` of a scratch database holding ``sql``, written to a pipe (as the backup job's)."""
+    import subprocess
+
+    import psycopg
+    from django.conf import settings
+
+    base = settings.DATABASES["default"]
+    dsn = f"postgresql://{base['USER']}:{base['PASSWORD']}@{base['HOST']}:{base['PORT']}"
+    name = f"zipsrc_{os.urandom(4).hex()}"
+    with psycopg.connect(f"{dsn}/postgres", autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(f"{dsn}/{name}", autocommit=True) as connection:
+            connection.execute(sql)
+        dump = subprocess.run(["pg_dump", "--format=custom", f"{dsn}/{name}"], capture_output=True, check=True)
+        return dump.stdout
+    finally:
+        with psycopg.connect(f"{dsn}/postgres", autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_it_converts_a_custom_dump_while_streaming_and_breaks_the_zip_when_the_dump_is_altered(
+    configured, users
+) -> None:
+    from django.utils import timezone
+
+    from backups.services import _object_entry
+
+    env = configured["env_a"]
+    storage = open_storage(configured["storage"])
+    prefix = "backups/shop-16-0-prod/20261201T000000Z-test"
+    dump = custom_dump("CREATE TABLE notes (id int, body text); INSERT INTO notes SELECT g, md5(g::text) FROM "
+                       "generate_series(1, 2000) g")  # fmt: skip
+    attachment = os.urandom(70_000)
+    name = sha1_name(attachment)
+    objects = [
+        _object_entry(storage.put_bytes(f"{prefix}/database.dump", dump), "database"),
+        {**_object_entry(storage.put_bytes(f"filestore/{name}", attachment), "filestore"), "name": name},
+    ]
+    now = timezone.now()
+    backup = Backup.objects.create(
+        environment=env, storage=configured["storage"], kind="manual", status="good", key_prefix=prefix,
+        started_at=now, finished_at=now, manifest={
+            "database": "shop", "objects": objects, "modules": {"base": "16.0.1.3"},
+            "odoo": {"image_version": "16.0", "base_version": "16.0.1.3"},
+            "postgresql": {"server_version": "15.8", "pg_dump_major": 15},
+        },
+    )  # fmt: skip
+    response = client_for(users["olga"]).get(f"/api/v1/backups/{backup.pk}/download/")
+    assert response.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))) as archive:
+        assert archive.namelist() == ["dump.sql", "manifest.json", f"filestore/{name}"]
+        sql = archive.read("dump.sql")
+        assert json.loads(archive.read("manifest.json"))["db_name"] == "shop"
+        assert archive.read(f"filestore/{name}") == attachment
+    assert b"CREATE TABLE public.notes" in sql and b"COPY public.notes" in sql and b"OWNER TO" not in sql
+    # The stored dump altered afterwards: the stream stops before the zip's directory (never a valid zip).
+    path = configured["root"] / objects[0]["key"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    response = client_for(users["olga"]).get(f"/api/v1/backups/{backup.pk}/download/")
+    assert response.status_code == 200  # the headers went out before the damage was read
+    received = bytearray()
+    with pytest.raises(StorageError, match=r"authenticate|SHA-256|pg_restore"):
+        for chunk in response.streaming_content:
+            received += chunk
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(bytes(received)))
