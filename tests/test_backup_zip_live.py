@@ -20,6 +20,7 @@ import pytest
 from backups.models import Backup, BackupSettings
 from backups.odoozip import write_odoo_zip
 from panel.accounts.services import create_token
+from panel.jobs.models import Job
 from tests.backup_fixtures import make_local_storage
 from tests.conftest import ManagedProcess, free_port, wait_for_port
 from tests.test_backup_zip import MANIFEST
@@ -103,3 +104,63 @@ def test_it_streams_an_upload_into_the_storage_while_it_arrives_and_streams_the_
     assert download.getheader("Content-Length") is None  # streamed, not collected first
     assert download.read() == body
     connection.close()
+
+
+def test_it_streams_the_page_form_upload_into_the_storage_under_uvicorn(zip_server, inventory, users) -> None:
+    import re
+    import secrets
+
+    from tests.ws_helpers import session_cookie
+
+    address, root = zip_server
+    env = inventory["env_a"]
+    env.project.odoo_version = "16.0"
+    env.project.save(update_fields=["odoo_version"])
+    BackupSettings.objects.create(environment=env, storage=make_local_storage(env.project.organization, root))
+    session = session_cookie(users["olga"])
+    connection = http.client.HTTPConnection(address, timeout=60)
+    connection.request("GET", f"/environments/{env.pk}/", headers={"Cookie": session})
+    page = connection.getresponse()
+    html = page.read().decode()
+    assert page.status == 200 and 'data-testid="import-zip-form"' in html
+    csrf_cookie = re.search(r"csrftoken=([^;]+)", page.getheader("Set-Cookie") or "")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert csrf_cookie and token
+    connection.close()
+    body = big_zip()
+    boundary = "zipform" + secrets.token_hex(8)
+    head = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in (("csrfmiddlewaretoken", token.group(1)), ("confirm", "prod"))
+    ) + (f'--{boundary}\r\nContent-Disposition: form-data; name="zip"; filename="shop.zip"\r\n'
+         "Content-Type: application/zip\r\n\r\n")  # fmt: skip
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    seen_while_sending: list[str] = []
+
+    def form() -> Iterator[bytes]:
+        yield head.encode()
+        for start in range(0, len(body), MIB):
+            yield body[start : start + MIB]
+            if start == 2 * MIB:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and not seen_while_sending:
+                    seen_while_sending.extend(str(p.name) for p in root.rglob("odoo.zip.000000"))
+                    time.sleep(0.1)
+        yield tail
+
+    headers = {
+        "Cookie": f"{session}; csrftoken={csrf_cookie.group(1)}",
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(len(head.encode()) + len(body) + len(tail)),
+    }
+    connection = http.client.HTTPConnection(address, timeout=60)
+    connection.request("POST", f"/environments/{env.pk}/import-zip/", body=form(), headers=headers)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    assert response.status == 302, response.status
+    backup = Backup.objects.get(kind="imported")
+    job = Job.objects.get(kind="restore")
+    assert response.getheader("Location") == f"/jobs/{job.pk}/" and job.params["backup_id"] == backup.pk
+    assert seen_while_sending == ["odoo.zip.000000"]
+    assert backup.manifest["zip"]["size"] == len(body) and backup.manifest["zip"]["filename"] == "shop.zip"
