@@ -355,9 +355,14 @@ class RestoreRun(EnvironmentCommands):
                 f"target's {restore_version.strip()}: it cannot read the dump. Upgrade the target's PostgreSQL "
                 "first. Nothing was changed."
             )
+        dump = (
+            f"dump.sql of PostgreSQL {postgresql.get('server_version') or '?'} applied by psql (ON_ERROR_STOP)"
+            if self.source is not None
+            else f"dump of pg_dump {dump_major} read by {restore_version.strip()}"
+        )
         self.context.write(
-            f"Odoo {made_by} into Odoo {self.environment.project.odoo_version}; dump of pg_dump {dump_major} read by "
-            f"{restore_version.strip()}. The target's database is {self.database}."
+            f"Odoo {made_by} into Odoo {self.environment.project.odoo_version}; {dump}. The target's database is "
+            f"{self.database}."
         )
 
     def clean_leftovers(self) -> None:
