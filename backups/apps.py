@@ -8,8 +8,8 @@ class BackupsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the backup, restore and verify jobs' handlers.
-        from backups import predeploy, restore, services, verify  # noqa: F401
+        # Registers the backup, restore, verify and test restore jobs' handlers.
+        from backups import predeploy, restore, services, testrestore, verify  # noqa: F401
         from backups.extensions import BackupStorages, EnvironmentBackups, EnvironmentZips
         from panel import extensions
 

@@ -14,6 +14,8 @@
   production target without ``confirm`` = its name).
 - ``POST /backups/{id}/verify/``: owners and operators; 202 with the *Verify* job, 409 while one runs, 400 for a
   backup that is not good.
+- ``POST /backups/{id}/test-restore/`` ``{"server"?}``: owners and operators; 202 with the test restore job, 409
+  while one of the environment runs, 400 for a backup that is not good or a server of another organization.
 
 Objects outside ``for_user(..., action)`` answer 404, like unknown ids.
 """
@@ -36,6 +38,7 @@ from rest_framework.response import Response
 from backups.models import Backup, BackupSettings, BackupStorage
 from backups.restore import RestoreRefused, confirmation_problem, copy_production_to, start_restore
 from backups.services import settle_backups, start_backup
+from backups.testrestore import TestRestoreRefused, start_test_restore
 from backups.verify import start_verify
 from backups.zip_api import BackupZipActions
 from panel.accounts.api.serializers import (
@@ -48,6 +51,7 @@ from panel.accounts.choices import Action
 from panel.accounts.scoping import can, for_user, organization_ids
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
+from panel.inventory.models import Server
 from panel.jobs.api.serializers import JobBusySerializer, JobSerializer, JobStartedSerializer
 from panel.jobs.api.views import busy_response
 from panel.jobs.runner import JobFailed
@@ -66,7 +70,8 @@ class BackupSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type:
         fields = [
             "id", "environment", "storage", "kind", "status", "reason", "job", "key_prefix", "size",
             "database_bytes", "filestore_bytes", "uploaded_bytes", "objects", "started_at", "finished_at",
-            "verified_at",
+            "verified_at", "verify_status", "verify_reason", "test_restore_status", "test_restored_at",
+            "test_restore_reason", "test_restore_job",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -81,10 +86,14 @@ class BackupSettingsSerializer(serializers.ModelSerializer):  # type: ignore[typ
     """Where and when an environment is backed up."""
 
     storage = ScopedRelatedField(BackupStorage, help_text="A backup storage of the environment's organization.")
+    test_restore_server = ScopedRelatedField(
+        Server, required=False, allow_null=True,
+        help_text="Where test restores run (a server of the environment's organization); null: its own server.",
+    )  # fmt: skip
 
     class Meta:
         model = BackupSettings
-        fields = ["storage", "schedule", "time_zone"]
+        fields = ["storage", "schedule", "time_zone", "test_restore_schedule", "test_restore_server"]
 
 
 class BackupStartedSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -92,6 +101,14 @@ class BackupStartedSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
     backup = BackupSerializer(read_only=True)
     job = JobSerializer(read_only=True)
+
+
+class TestRestoreRequestSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """``POST /backups/{id}/test-restore/`` (every field optional)."""
+
+    server = ScopedRelatedField(
+        Server, required=False, help_text="Where the copy runs; default: the environment's test restore server."
+    )
 
 
 class BackupFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -219,7 +236,13 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
             action="environment.backup_settings",
             actor=request.user,
             obj=environment,
-            detail={"storage": config.storage_id, "schedule": config.schedule, "time_zone": config.time_zone},
+            detail={
+                "storage": config.storage_id,
+                "schedule": config.schedule,
+                "time_zone": config.time_zone,
+                "test_restore_schedule": config.test_restore_schedule,
+                "test_restore_server": config.test_restore_server_id,
+            },
         )
         return Response(BackupSettingsSerializer(config, context=context).data)
 
@@ -270,3 +293,27 @@ class BackupViewSet(BackupZipActions, viewsets.ReadOnlyModelViewSet):  # type: i
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         body = JobStartedSerializer({"job": job}, context=self.get_serializer_context())
         return Response(body.data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=TestRestoreRequestSerializer,
+        responses={202: JobStartedSerializer, 400: DetailSerializer, 409: JobBusySerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="test-restore")
+    def test_restore(self, request: Request, pk: str | None = None) -> Response:
+        """Test-restore a good backup: restored as a throwaway compose project on the environment's test restore
+        server (or ``server``, one of its organization), Odoo started on it, ``/web/health`` and ``base``'s version
+        checked, the result recorded on the backup, the copy removed. Owners and operators; 400 for a backup that is
+        not good, 409 while a test restore of the environment runs."""
+        backup = self.get_object()
+        if not can(request.user, Action.CHANGE, backup.environment):
+            raise Http404
+        body = TestRestoreRequestSerializer(data=request.data, context=self.get_serializer_context())
+        body.is_valid(raise_exception=True)
+        try:
+            job = start_test_restore(backup, request.user, server=body.validated_data.get("server"), trigger="api")
+        except TargetBusy as exc:
+            return busy_response(exc)
+        except (TestRestoreRefused, JobFailed) as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        started = JobStartedSerializer({"job": job}, context=self.get_serializer_context())
+        return Response(started.data, status=status.HTTP_202_ACCEPTED)

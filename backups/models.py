@@ -172,6 +172,17 @@ class BackupSettings(models.Model):
                 self.schedule = validate_schedule(self.schedule, self.time_zone)
             except ValidationError as exc:
                 raise ValidationError({"schedule": exc.messages}) from exc
+        if self.test_restore_schedule:
+            try:
+                self.test_restore_schedule = validate_schedule(self.test_restore_schedule, self.time_zone)
+            except ValidationError as exc:
+                raise ValidationError({"test_restore_schedule": exc.messages}) from exc
+        server = self.test_restore_server
+        if server is not None and self.environment_id is not None:
+            environment = self.environment
+            allowed = {environment.server.organization_id, environment.project.organization_id}
+            if server.organization_id not in allowed:
+                raise ValidationError({"test_restore_server": "Choose a server of the environment's organization."})
         if (
             self.storage_id is not None
             and self.environment_id is not None

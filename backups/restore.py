@@ -325,6 +325,11 @@ class RestoreRun(EnvironmentCommands):
         return f"{self.database}_restore_{self.job_id}"
 
     @property
+    def encoding_database(self) -> str:
+        """The database whose encoding and collation the new one gets (the live one)."""
+        return self.database
+
+    @property
     def kept(self) -> str:
         return f"{self.database}_before_{self.job_id}"
 
@@ -388,8 +393,8 @@ class RestoreRun(EnvironmentCommands):
         if entry is None and self.source is None:
             raise RestoreFailed(f"Backup #{self.backup.pk}'s manifest lists no database dump.")
         info = self.capture(
-            self.psql(self.database, "SELECT pg_encoding_to_char(encoding) || ' ' || datcollate || ' ' || datctype "
-                                     "FROM pg_database WHERE datname = current_database()"),
+            self.psql(self.encoding_database, "SELECT pg_encoding_to_char(encoding) || ' ' || datcollate || ' ' || "
+                                              "datctype FROM pg_database WHERE datname = current_database()"),
             "Reading the live database's encoding",
         ).split()  # fmt: skip
         encoding, collate, ctype = ([*info, "UTF8", "C", "C"])[:3]
@@ -414,6 +419,9 @@ class RestoreRun(EnvironmentCommands):
                 "pg_restore", source=self.counted("Restoring the database", iter(lambda: source.read(CHUNK), b""), size),
                 sink=lambda _chunk: None,
             )  # fmt: skip
+            # pg_restore may exit before the last bytes: reading them is what checks the dump's size and SHA-256.
+            while source.read(CHUNK):
+                pass
         seconds = time.monotonic() - started
         self.context.write(
             f"pg_restore exited 0: {result.bytes_in / 1e6:.1f} MB in {seconds:.1f} s into {self.restored}."

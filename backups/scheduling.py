@@ -7,7 +7,8 @@
   is logged and skipped. Then it records the overdue flag (``record_overdue``).
 - ``record_overdue(now)``: an environment whose newest verified backup is older than its schedule allows
   (``backups.schedule.overdue_since``) gets one ``backup.overdue`` monitoring event when it becomes overdue, and one
-  ``backup.on_schedule`` event when a verified backup ends that period.
+  ``backup.on_schedule`` event when a verified backup ends that period. It also starts the test restores that are
+  due (``backups.testrestore.start_due_test_restores``).
 - ``prune(now)`` (``backups.tasks.prune_backups``, every BACKUP_PRUNE_INTERVAL seconds): applies
   ``backups.retention.plan_retention`` to each environment: deletes the pruned backups' own objects, their rows,
   then the deduplicated filestore files that no remaining backup of the storage lists.
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 EVENT_OVERDUE = "backup.overdue"
 EVENT_ON_SCHEDULE = "backup.on_schedule"
 #: Jobs that read a backup while they run: retention never prunes a backup one of them uses.
-READING_KINDS = (JobKind.RESTORE, JobKind.COPY, JobKind.VERIFY)
+READING_KINDS = (JobKind.RESTORE, JobKind.COPY, JobKind.VERIFY, JobKind.TEST_RESTORE)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ScheduleReport:
     invalid: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     overdue: list[int] = field(default_factory=list)
+    test_restores: list[int] = field(default_factory=list)
 
 
 def _running_per_server() -> Counter[int]:
@@ -127,6 +129,10 @@ def run_schedules(now: datetime, *, actor: Any = None) -> ScheduleReport:
             continue
         running[environment.server_id] += 1
         report.started.append(environment.pk)
+    # The test restores that are due (``test_restore_schedule``), of each environment's newest good backup.
+    from backups.testrestore import start_due_test_restores
+
+    report.test_restores = start_due_test_restores(now, actor=actor)
     report.overdue = record_overdue(now, configs=configs)
     return report
 

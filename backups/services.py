@@ -141,6 +141,10 @@ def settle_backups(environment: Environment | None = None) -> int:
         count += Backup.objects.filter(pk=backup.pk, status=BackupStatus.RUNNING).update(
             status=BackupStatus.INTERRUPTED, reason=reason, finished_at=timezone.now()
         )
+    # Verifies and test restores whose job died are recorded failed the same way (never passed).
+    from backups.verify import settle_checks
+
+    settle_checks(environment)
     return count
 
 

@@ -20,4 +20,5 @@ urlpatterns = [
         name="environment_copy_production",
     ),
     path("backups/<int:backup_id>/restore/", views.backup_restore, name="backup_restore"),
+    path("backups/<int:backup_id>/test-restore/", views.backup_test_restore, name="backup_test_restore"),
 ]

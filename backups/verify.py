@@ -10,9 +10,11 @@
   container when it took the backup.
 
 Verify needs no SSH and never touches the environment: it holds only the backup (``backup:<id>``), so it runs
-next to deploys and backups. Success sets ``Backup.verified_at``. Any problem clears it (the backup is no longer
-trusted: retention does not count it as verified, and the overdue flag sees it) and records the problems in
-``Backup.reason``; the job fails with them.
+next to deploys and backups. ``Backup.verify_status`` says how the last one went (``running``, ``passed``,
+``failed``; "" never verified) and ``Backup.verify_reason`` why it failed. Success sets ``Backup.verified_at``. Any
+problem clears it (the backup is no longer trusted: retention does not count it as verified, and the overdue flag
+sees it) and records the problems in ``verify_reason`` and ``Backup.reason``; the job fails with them. A verify whose
+job ended without saying (the worker was killed) is recorded failed by ``settle_checks``.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
-from backups.models import Backup, BackupStatus
+from backups.models import Backup, BackupStatus, CheckStatus
 from backups.storage import CHUNK, Storage, StorageError, StoredObject, open_storage
 from panel.accounts.services import record
 from panel.jobs import services as jobs
-from panel.jobs.choices import JobKind
+from panel.jobs.choices import ACTIVE_STATES, TERMINAL_STATES, JobKind
+from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
 
 logger = logging.getLogger(__name__)
@@ -72,8 +76,39 @@ def start_verify(backup: Backup, actor: Any, *, trigger: str = "user") -> Any:
         params={"backup_id": backup.pk},
         trigger=trigger,
     )
+    Backup.objects.filter(pk=backup.pk).update(verify_status=CheckStatus.RUNNING, verify_reason="")
     record(action="backup.verify", actor=actor, obj=environment, detail={"job": job.pk, "backup": backup.pk})
     return job
+
+
+def settle_checks(environment: Any = None) -> int:
+    """Verifies and test restores recorded ``running`` whose job has ended without recording an outcome (the
+    worker was killed, the job was reaped or never ran) become ``failed``, saying so; never ``passed``. Returns
+    how many were settled."""
+    backups = Backup.objects.all() if environment is None else Backup.objects.filter(environment=environment)
+    count = 0
+    for backup in backups.filter(verify_status=CheckStatus.RUNNING).only("pk"):
+        active = Job.objects.filter(lock_key=verify_lock_key(backup), kind=JobKind.VERIFY, status__in=ACTIVE_STATES)
+        if active.exists():
+            continue
+        last = Job.objects.filter(lock_key=verify_lock_key(backup), kind=JobKind.VERIFY).order_by("-pk").first()
+        why = f"Verify #{last.pk} ended {last.status}" if last is not None else "Its verify job is gone"
+        count += Backup.objects.filter(pk=backup.pk, verify_status=CheckStatus.RUNNING).update(
+            verify_status=CheckStatus.FAILED,
+            verify_reason=f"{why} before it finished: {last.reason if last is not None else ''}".strip(": ")[:2000],
+        )
+    ended = Q(test_restore_job__isnull=True) | Q(test_restore_job__status__in=TERMINAL_STATES)
+    for backup in (
+        backups.filter(test_restore_status=CheckStatus.RUNNING).filter(ended).select_related("test_restore_job")
+    ):
+        job = backup.test_restore_job
+        why = f"Test restore #{job.pk} ended {job.status}" if job is not None else "Its test restore job is gone"
+        count += Backup.objects.filter(pk=backup.pk, test_restore_status=CheckStatus.RUNNING).update(
+            test_restore_status=CheckStatus.FAILED,
+            test_restored_at=job.finished_at if job is not None and job.finished_at else timezone.now(),
+            test_restore_reason=f"{why} before it finished: {job.reason if job is not None else ''}".strip(": ")[:2000],
+        )
+    return count
 
 
 @functools.cache
@@ -271,6 +306,16 @@ def run_verify(context: JobContext) -> dict[str, Any]:
     backup = Backup.objects.select_related("storage").filter(pk=context.job.params.get("backup_id")).first()
     if backup is None:
         raise JobFailed("The backup is gone (pruned or deleted); there is nothing to verify.")
+    Backup.objects.filter(pk=backup.pk).update(verify_status=CheckStatus.RUNNING, verify_reason="")
+    try:
+        return _verify(context, backup)
+    except JobFailed as exc:
+        # Whatever stopped it, the backup says so (a killed worker: settle_checks).
+        Backup.objects.filter(pk=backup.pk).update(verify_status=CheckStatus.FAILED, verify_reason=str(exc)[:2000])
+        raise
+
+
+def _verify(context: JobContext, backup: Backup) -> dict[str, Any]:
     if backup.status != BackupStatus.GOOD:
         raise JobFailed(f"Backup #{backup.pk} is {backup.status}: only good backups are verified.")
     with context.step("Open the storage"):
@@ -292,7 +337,9 @@ def run_verify(context: JobContext) -> dict[str, Any]:
             verified_at=None, reason=f"Verify #{context.job.pk} on {now:%Y-%m-%d %H:%M} UTC found {summary}"[:2000]
         )
         raise JobFailed(f"Backup #{backup.pk} failed verification: {summary}"[:2000])
-    Backup.objects.filter(pk=backup.pk, status=BackupStatus.GOOD).update(verified_at=now)
+    Backup.objects.filter(pk=backup.pk, status=BackupStatus.GOOD).update(
+        verified_at=now, verify_status=CheckStatus.PASSED, verify_reason=""
+    )
     # A problem an earlier verify recorded is over (the object was put back).
     Backup.objects.filter(pk=backup.pk, reason__startswith="Verify #").update(reason="")
     context.write(f"Backup #{backup.pk} is verified.")

@@ -146,3 +146,25 @@ def environment_backup(request: HttpRequest, environment_id: int) -> HttpRespons
         return redirect("environment_detail", environment_id=environment.pk)
     assert backup.job is not None
     return redirect("job_detail", job_id=backup.job.pk)
+
+
+@require_POST
+@login_required
+def backup_test_restore(request: HttpRequest, backup_id: int) -> HttpResponse:
+    """*Test restore*: queue a test restore of the backup (``backups.testrestore``) and show its job."""
+    from backups.testrestore import TestRestoreRefused, start_test_restore
+
+    backup = get_for_user(
+        visible_backups(request.user).select_related("environment"), request.user, Action.VIEW, pk=backup_id
+    )
+    if not can(request.user, Action.CHANGE, backup.environment):
+        raise Http404("Not found.")
+    try:
+        job = start_test_restore(backup, request.user, trigger="button")
+    except TargetBusy as exc:
+        messages.warning(request, busy_message(exc))
+    except (TestRestoreRefused, JobFailed) as exc:
+        messages.error(request, str(exc))
+    else:
+        return redirect("job_detail", job_id=job.pk)
+    return redirect("environment_detail", environment_id=backup.environment_id)

@@ -346,6 +346,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One enum for the outcome of a backup's verify and test restore (both fields use CheckStatus).
+    "ENUM_NAME_OVERRIDES": {"CheckStatusEnum": "backups.models.CheckStatus"},
 }
 
 LOG_LEVEL = envstr("PANEL_LOG_LEVEL", "INFO")

@@ -174,8 +174,10 @@ def test_staff_set_an_environments_backup_storage_and_schedule(configured, users
     body = {"storage": configured["storage"].pk, "schedule": "30 2 * * *", "time_zone": "Europe/Madrid"}
     response = client_for(users["olga"]).patch(url, body, format="json")
     assert response.status_code == 200, response.content
-    assert response.json() == body
-    assert client_for(users["victor"]).get(url).json() == body
+    # The test restores keep their defaults (weekly, on the environment's own server).
+    stored = {**body, "test_restore_schedule": "0 4 * * 0", "test_restore_server": None}
+    assert response.json() == stored
+    assert client_for(users["victor"]).get(url).json() == stored
     assert AuditEvent.objects.filter(action="environment.backup_settings").exists()
     for name in ("victor", "carol", "bob"):
         assert client_for(users[name]).patch(url, body, format="json").status_code == 404, name
