@@ -20,7 +20,13 @@ from rest_framework.response import Response
 from backups.models import BackupStorage
 from backups.services import check_storage
 from backups.storage import StorageError
-from panel.accounts.api.serializers import PanelModelSerializer, ScopedRelatedField, api_validation_error, request_user
+from panel.accounts.api.serializers import (
+    DetailSerializer,
+    PanelModelSerializer,
+    ScopedRelatedField,
+    api_validation_error,
+    request_user,
+)
 from panel.accounts.api.views import ScopedModelViewSet
 from panel.accounts.models import Organization
 from panel.accounts.services import record
@@ -120,6 +126,10 @@ class StorageCheckSerializer(serializers.Serializer):  # type: ignore[type-arg]
 @extend_schema_view(
     list=extend_schema(description="Backup storages of the organizations the caller sees details of."),
     create=extend_schema(description="Add a storage: kind `local` (path) or `s3` (bucket, keys, endpoint)."),
+    destroy=extend_schema(
+        description="Remove a storage no backup, environment or stored file uses any more (409 with what still does).",
+        responses={204: None, 409: DetailSerializer},
+    ),
 )
 class BackupStorageViewSet(ScopedModelViewSet):
     """Where backups are stored. Owners and operators change them, viewers read them, customers never see them."""

@@ -36,7 +36,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backups.models import Backup, BackupSettings, BackupStorage
-from backups.restore import RestoreRefused, confirmation_problem, copy_production_to, start_restore
+from backups.restore import (
+    RestoreRefused,
+    confirmation_problem,
+    copy_production_to,
+    restore_into_new_environment,
+    start_restore,
+)
 from backups.services import settle_backups, start_backup
 from backups.testrestore import TestRestoreRefused, start_test_restore
 from backups.verify import start_verify
@@ -134,6 +140,20 @@ class RestoreRequestSerializer(serializers.Serializer):  # type: ignore[type-arg
     )  # fmt: skip
 
 
+class NewEnvironmentSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """``POST /backups/{id}/restore-into-new/``: the environment to create (of the backup's project)."""
+
+    name = serializers.CharField(max_length=63)
+    kind = serializers.ChoiceField(choices=EnvironmentKind.choices, default=EnvironmentKind.TEST)
+    server = ScopedRelatedField(Server, help_text="A server the project's environments may run on.")
+    compose_files = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=10,
+        help_text="Default: those of the backup's environment.",
+    )  # fmt: skip
+    git_ref = serializers.CharField(max_length=200, required=False, help_text="Default: the backup's environment's.")
+    domain = serializers.CharField(max_length=253, required=False, allow_blank=True)
+
+
 def _restore_started(view: Any, start: Any) -> Response:
     """Call a restore start service and answer: 202 with the job, 409 busy, 400 refused."""
     try:
@@ -205,7 +225,7 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
 
     @extend_schema(methods=["GET"], request=None, responses={200: BackupSettingsSerializer, 404: DetailSerializer})
     @extend_schema(
-        methods=["PUT"],
+        methods=["PATCH"],
         request=BackupSettingsSerializer,
         responses={200: BackupSettingsSerializer, 400: DetailSerializer},
     )
@@ -272,6 +292,31 @@ class BackupViewSet(BackupZipActions, viewsets.ReadOnlyModelViewSet):  # type: i
         # A backup whose job died is shown as what it is (interrupted), never as still running.
         settle_backups()
         return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request=NewEnvironmentSerializer,
+        responses={202: JobStartedSerializer, 400: DetailSerializer, 503: JobBusySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="restore-into-new")
+    def restore_into_new(self, request: Request, pk: str | None = None) -> Response:
+        """Create an environment of the backup's project and start one restore job that deploys it (its git ref),
+        then restores this good backup into it (neutralized unless production). Owners and operators of the
+        project; 400 for invalid fields (the name taken, a server it may not use) or a backup that cannot restore."""
+        backup = self.get_object()
+        if not can(request.user, Action.CHANGE, backup.environment):
+            raise Http404
+        body = NewEnvironmentSerializer(data=request.data, context=self.get_serializer_context())
+        body.is_valid(raise_exception=True)
+        fields = dict(body.validated_data)
+        source = backup.environment
+        fields.setdefault("compose_files", list(source.compose_files))
+        fields.setdefault("git_ref", source.git_ref)
+        try:
+            return _restore_started(
+                self, lambda: restore_into_new_environment(backup=backup, actor=request.user, trigger="api", **fields)
+            )
+        except DjangoValidationError as exc:
+            raise api_validation_error(exc) from exc
 
     @extend_schema(
         request=None,

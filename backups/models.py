@@ -271,6 +271,13 @@ class Backup(models.Model):
         """Database dump plus filestore, in bytes."""
         return self.database_bytes + self.filestore_bytes
 
+    @property
+    def dump_sha256(self) -> str:
+        """The SHA-256 of the stored database dump, as the manifest lists it ("" when it lists none)."""
+        objects = self.manifest.get("objects", []) if isinstance(self.manifest, dict) else []
+        entry = next((e for e in objects if isinstance(e, dict) and e.get("role") == "database"), None)
+        return str(entry.get("sha256", "")) if entry is not None else ""
+
 
 class FilestoreObject(models.Model):
     """A filestore file stored once in a storage under its content's name (``filestore/<xx>/<sha1>``).

@@ -204,7 +204,9 @@ def odoo_version_problem(backup: Backup, target: Environment) -> str:
     return ""
 
 
-def start_restore(*, backup: Backup, target: Environment, actor: Any, trigger: str = "user") -> Job:
+def start_restore(
+    *, backup: Backup, target: Environment, actor: Any, trigger: str = "user", deploy_first: bool = False
+) -> Job:
     """Queue the restore of ``backup`` into ``target`` (the same environment or another of its project).
 
     Raises ``RestoreRefused`` (a clear message; the API answers 400) when the backup is not good, belongs to
@@ -229,7 +231,11 @@ def start_restore(*, backup: Backup, target: Environment, actor: Any, trigger: s
             environment=target,
             lock_key=backup_lock_key(target),
             # ``backup_id``: what retention keeps while the job is active (backups.scheduling.backups_in_use).
-            params={"environment_id": target.pk, "backup_id": backup.pk},
+            params={
+                "environment_id": target.pk,
+                "backup_id": backup.pk,
+                **({"deploy_first": True} if deploy_first else {}),
+            },
             trigger=trigger,
         )
         record(
@@ -239,6 +245,19 @@ def start_restore(*, backup: Backup, target: Environment, actor: Any, trigger: s
             detail={"job": job.pk, "backup": backup.pk, "from": backup.environment_id},
         )
     return job
+
+
+def restore_into_new_environment(*, backup: Backup, actor: Any, trigger: str = "user", **fields: Any) -> Job:
+    """Create an environment of the backup's project (``fields``: name, kind, server, compose files, domain, as
+    ``create_environment`` takes them) and queue one restore job into it that deploys it first (the environment's
+    git ref, like its first deploy) and then restores the backup (neutralized unless it is production). Nothing is
+    created when the restore is refused (``RestoreRefused``) or a field is invalid (``ValidationError``)."""
+    from panel.inventory.services import create_environment
+
+    server = fields.pop("server")
+    with transaction.atomic():
+        target = create_environment(project=backup.environment.project, server=server, actor=actor, **fields)
+        return start_restore(backup=backup, target=target, actor=actor, trigger=trigger, deploy_first=True)
 
 
 def confirmation_problem(target: Environment, confirm: str | None) -> str:
@@ -723,15 +742,26 @@ def run_restore(context: JobContext) -> dict[str, Any]:
         storage = open_storage(backup.storage)
     except StorageError as exc:
         raise RestoreFailed(f"Cannot open the backup's storage: {exc}") from exc
+    new_environment = bool(params.get("deploy_first")) and target.current_deployment_id is None
+    if new_environment:
+        # A new environment: deployed first (its own fresh database), then the backup replaces that database.
+        from deployments.services import deploy_within
+
+        deploy_within(context, target, context.job.created_by)
+        target = Environment.objects.select_related("server", "project").get(pk=target.pk)
     work = RestoreRun(context, backup, target, storage)
     with context.step("Check the backup against the target"):
         work.check()
-    with context.step("Safety backup of the target"):
-        try:
-            safety = safety_backup(context, target, backup)
-        except (JobFailed, RemoteError) as exc:
-            raise RestoreFailed(f"The safety backup of the target failed, so nothing was restored: {exc}") from exc
-        context.write(f"Safety backup #{safety.pk} of {target} is good.")
+    safety: Backup | None = None
+    if new_environment:
+        context.write(f"{target} is new: no safety backup (its database was created by the deploy above).")
+    else:
+        with context.step("Safety backup of the target"):
+            try:
+                safety = safety_backup(context, target, backup)
+            except (JobFailed, RemoteError) as exc:
+                raise RestoreFailed(f"The safety backup of the target failed, so nothing was restored: {exc}") from exc
+            context.write(f"Safety backup #{safety.pk} of {target} is good.")
     swapping = False
     try:
         with context.step("Restore the database aside"):
@@ -774,11 +804,12 @@ def run_restore(context: JobContext) -> dict[str, Any]:
     context.write(
         f"Restored backup #{backup.pk} into {target}"
         + (" (neutralized)" if neutralized else "")
-        + f"; the database before is kept as {work.kept}, safety backup #{safety.pk}."
+        + f"; the database before is kept as {work.kept}"
+        + (f", safety backup #{safety.pk}." if safety is not None else ".")
     )
     return {
         "backup": backup.pk,
-        "safety_backup": safety.pk,
+        "safety_backup": safety.pk if safety is not None else None,
         "database": work.database,
         "kept": work.kept,
         "neutralized": neutralized,
@@ -792,5 +823,6 @@ __all__ = [
     "copy_production_to",
     "newest_good_backup",
     "odoo_version_problem",
+    "restore_into_new_environment",
     "start_restore",
 ]

@@ -258,9 +258,13 @@ def _manifest_keys(backup: Backup, *, filestore: bool) -> set[str]:
 
 
 def plan_environment(environment: Environment, now: datetime) -> retention.RetentionPlan:
-    """The retention plan of one environment's backups at ``now`` (policy from the settings, the schedule's zone)."""
+    """The retention plan of one environment's backups at ``now``: the policy of the settings, with the
+    environment's own count of daily backups and its schedule's time zone."""
     config = BackupSettings.objects.filter(environment=environment).first()
-    policy = retention.RetentionPolicy.from_settings(**({"time_zone": config.time_zone} if config is not None else {}))
+    overrides: dict[str, object] = {"daily": environment.backup_keep_daily}
+    if config is not None:
+        overrides["time_zone"] = config.time_zone
+    policy = retention.RetentionPolicy.from_settings(**overrides)
     in_use = backups_in_use(environment)
     records = [
         retention.BackupRecord(

@@ -275,6 +275,7 @@ class EnvironmentCommands:
         """A streamed command (``BACKUP_STEP_TIMEOUT`` / ``BACKUP_IDLE_TIMEOUT`` unless told)."""
         kwargs.setdefault("timeout", settings.BACKUP_STEP_TIMEOUT)
         kwargs.setdefault("idle_timeout", settings.BACKUP_IDLE_TIMEOUT)
+        kwargs.setdefault("name", what)
         result = stream(self.target, argv, **kwargs)
         if not result.ok:
             raise self.failure(f"{what} failed (exit code {result.exit_code}): {result.stderr.strip()[-400:]}")

@@ -18,6 +18,7 @@ from backups.restore import (
     copy_production_to,
     newest_good_backup,
     odoo_version_problem,
+    restore_into_new_environment,
     start_restore,
 )
 from backups.services import settle_backups, start_backup
@@ -104,6 +105,8 @@ def backup_restore(request: HttpRequest, backup_id: int) -> HttpResponse:
         .order_by("kind", "name")
     )
     raw = request.POST.get("target") if request.method == "POST" else request.GET.get("target")
+    if raw == "new":
+        return _restore_into_new(request, backup)
     target_id = parse_id(raw) if raw else None
     target = next((t for t in targets if t.pk == target_id), None)
     if raw and target is None:
@@ -168,3 +171,34 @@ def backup_test_restore(request: HttpRequest, backup_id: int) -> HttpResponse:
     else:
         return redirect("job_detail", job_id=job.pk)
     return redirect("environment_detail", environment_id=backup.environment_id)
+
+
+def _restore_into_new(request: HttpRequest, backup: Any) -> HttpResponse:
+    """*Restore into a new environment*: the environment form (kind ``test`` by default); on POST the environment
+    is created and one restore job deploys it, then restores the backup into it."""
+    from django.core.exceptions import ValidationError
+
+    from panel.inventory.forms import EnvironmentForm, apply_validation_error
+    from panel.inventory.views import servers_for
+
+    project = backup.environment.project
+    source = backup.environment
+    form = EnvironmentForm(
+        request.POST if request.method == "POST" else None,
+        servers=servers_for(request, project),
+        initial={"git_ref": source.git_ref, "kind": EnvironmentKind.TEST, "server": source.server_id,
+                 "compose_files_text": ", ".join(source.compose_files), "name": f"restore-{backup.pk}"},
+    )  # fmt: skip
+    if request.method == "POST" and form.is_valid():
+        fields = form.model_fields()
+        try:
+            job = restore_into_new_environment(
+                backup=backup, actor=request.user, trigger="button", secrets=form.cleaned_data["secrets_text"], **fields
+            )
+        except ValidationError as exc:
+            apply_validation_error(form, exc)
+        except (RestoreRefused, JobFailed) as exc:
+            messages.error(request, str(exc))
+        else:
+            return redirect("job_detail", job_id=job.pk)
+    return render(request, "backups/backup_restore_new.html", {"backup": backup, "form": form})

@@ -108,6 +108,31 @@ def start_deploy(*, environment: Environment, actor: Any, ref: str = "", trigger
     )  # fmt: skip
 
 
+def deploy_within(context: JobContext, environment: Environment, actor: Any) -> Deployment:
+    """Deploy the environment's git ref as a part of another job on it (a restore into a new environment deploys it
+    first): the deploy job's steps, recovery and records, in ``context``'s job and hold. Raises as a deploy job
+    fails."""
+    trigger = Trigger.API if context.job.trigger == "api" else Trigger.BUTTON
+    deployment = Deployment.objects.create(
+        environment=environment, job=context.job, kind=DeploymentKind.DEPLOY, ref=environment.git_ref,
+        previous=environment.current_deployment,
+        triggered_by=actor if getattr(actor, "is_authenticated", False) else None, trigger=trigger,
+    )  # fmt: skip
+    record(
+        action="environment.deploy",
+        actor=actor,
+        obj=environment,
+        detail={"job": context.job.pk, "deployment": deployment.pk, "ref": deployment.ref, "trigger": trigger},
+    )
+    context.job.params["deployment_id"] = deployment.pk  # what run_deployment reads; in memory only
+    try:
+        run_deployment(context)
+    finally:
+        context.job.params.pop("deployment_id", None)
+    deployment.refresh_from_db()
+    return deployment
+
+
 def staging_of(environment: Environment) -> Environment | None:
     """The project's staging environment (the first one, by name) other than ``environment``."""
     return (

@@ -347,7 +347,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # One enum for the outcome of a backup's verify and test restore (both fields use CheckStatus).
-    "ENUM_NAME_OVERRIDES": {"CheckStatusEnum": "backups.models.CheckStatus"},
+    "ENUM_NAME_OVERRIDES": {
+        "CheckStatusEnum": "backups.models.CheckStatus",
+        "EnvironmentKindEnum": "panel.inventory.choices.EnvironmentKind",
+        "BackupKindEnum": "backups.models.BackupKind",
+    },
 }
 
 LOG_LEVEL = envstr("PANEL_LOG_LEVEL", "INFO")

@@ -9,8 +9,10 @@ the schema declares, and a body that conforms to the schema.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +34,7 @@ from panel.jobs.models import Job, JobLogLine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-EXAMPLES = 40  # per operation and generation mode: about a minute for the whole schema
+EXAMPLES = 25  # per operation and generation mode: about a minute and a half for the whole schema
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # The Odoo zip import takes the zip itself as its body (backups.zip_api): arbitrary bytes, some that start like one.
 schemathesis.openapi.media_type(
@@ -80,6 +82,18 @@ def api_data(inventory: dict[str, Any], users: dict[str, Any], orgs: dict[str, A
     spare_token, _ = create_token(user=alice, name="to revoke", scope=TokenScope.READ)
     invitation, _ = create_invitation(actor=alice, organization=orgs["a"], email="new@example.com", role="viewer")
     _, token = create_token(user=alice, name="schemathesis", scope=TokenScope.WRITE)
+    # A backup storage (under the live server's BACKUP_LOCAL_ROOTS) with a good backup and its objects in it.
+    from django.conf import settings
+
+    from backups.models import BackupSettings
+    from tests.backup_fixtures import make_local_storage
+    from tests.backup_rows import make_backup
+
+    root = Path(settings.BACKUP_LOCAL_ROOTS[0]) / f"fuzz-{os.getpid()}-{time.monotonic_ns()}"
+    root.mkdir(parents=True)
+    storage = make_local_storage(environment.project.organization, root)
+    BackupSettings.objects.create(environment=environment, storage=storage)
+    backup = make_backup(environment, storage, files=[b"a filestore file\n"])
     ids = {
         "organizations": [orgs["a"].pk, orgs["a1"].pk],
         "servers": [inventory["server_a"].pk],
@@ -89,12 +103,17 @@ def api_data(inventory: dict[str, Any], users: dict[str, Any], orgs: dict[str, A
         "jobs": jobs,
         "tokens": [spare_token.pk],
         "invitations": [invitation.pk],
+        "backups": [backup.pk],
+        "backup-storages": [storage.pk],
+        "backup-policies": [orgs["a1"].pk],
     }
     fields = {
         "organization": ids["organizations"],
         "server": ids["servers"],
         "project": ids["projects"],
         "environment": ids["environments"],
+        "backup": ids["backups"],
+        "storage": ids["backup-storages"],
         "with": ids["deployments"],
     }
     return {"token": token, "ids": ids, "fields": fields}

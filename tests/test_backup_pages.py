@@ -40,7 +40,8 @@ def project_backups(inventory: dict[str, Any], backup_root: Any) -> dict[str, An
         compose_files=["prod.yaml"], compose_project="shop-16-0-staging",
     )  # fmt: skip
     good = ran_backup(production, storage)
-    Backup.objects.filter(pk=good.pk).update(manifest={"objects": [{"key": "x"}], "odoo": {"image_version": "16.0"}})
+    dump = {"key": f"{good.key_prefix}/database.dump", "role": "database", "size": 1000, "sha256": "ab12" * 16}
+    Backup.objects.filter(pk=good.pk).update(manifest={"objects": [dump], "odoo": {"image_version": "16.0"}})
     return {**inventory, "production": production, "staging": staging, "good": good}
 
 
@@ -118,3 +119,55 @@ def test_odd_targets_answer_404_never_500(project_backups: dict[str, Any], users
         assert olga.post(f"/backups/{good.pk}/restore/", {"target": target}).status_code == expected, target
     assert olga.get("/backups/999999/restore/").status_code == 404
     assert not Job.objects.filter(kind=JobKind.RESTORE).exists()
+
+
+def test_the_list_shows_age_location_and_checksum_to_staff_only(
+    project_backups: dict[str, Any], users: dict[str, Any]
+) -> None:
+    production, good = project_backups["production"], project_backups["good"]
+    staff = browser(users["victor"]).get(f"/environments/{production.pk}/").content.decode()
+    assert f"{good.storage.name}: {good.key_prefix}/ · sha256 ab12ab12ab12…" in staff
+    assert "ago</span>" in staff
+    customer = browser(users["carol"]).get(f"/environments/{production.pk}/").content.decode()
+    assert 'data-testid="backup-row"' in customer and good.key_prefix not in customer and "ab12ab12" not in customer
+
+
+def test_it_restores_into_a_new_environment_from_the_page_and_the_api(
+    project_backups: dict[str, Any], users: dict[str, Any]
+) -> None:
+    from rest_framework.test import APIClient
+
+    production, good = project_backups["production"], project_backups["good"]
+    olga = browser(users["olga"])
+    form = olga.get(f"/backups/{good.pk}/restore/?target=new").content.decode()
+    assert 'data-testid="restore-new-form"' in form and f'value="restore-{good.pk}"' in form
+    body = {"target": "new", "name": "recovered", "kind": "test", "server": production.server_id,
+            "compose_files_text": "test.yaml", "git_ref": "main", "workers": 2, "cron_threads": 1,
+            "backup_keep_daily": 7}  # fmt: skip
+    response = olga.post(f"/backups/{good.pk}/restore/", body)
+    created = Environment.objects.get(project=production.project, name="recovered")
+    job = Job.objects.get(kind=JobKind.RESTORE, environment=created)
+    assert response["Location"] == f"/jobs/{job.pk}/"
+    assert job.params == {"environment_id": created.pk, "backup_id": good.pk, "deploy_first": True}
+    assert created.kind == "test" and created.compose_files == ["test.yaml"] and created.current_deployment is None
+    # The name is taken now: the form says so and nothing more is created.
+    again = olga.post(f"/backups/{good.pk}/restore/", body)
+    assert again.status_code == 200 and Environment.objects.filter(name="recovered").count() == 1
+    api = APIClient()
+    api.force_authenticate(users["olga"])
+    started = api.post(f"/api/v1/backups/{good.pk}/restore-into-new/",
+                       {"name": "recovered-2", "server": production.server_id}, format="json")  # fmt: skip
+    assert started.status_code == 202, started.content
+    second = Environment.objects.get(name="recovered-2")
+    assert second.kind == "test" and second.compose_files == production.compose_files
+    assert Job.objects.get(pk=started.json()["job"]["id"]).params["deploy_first"] is True
+    for body in ({"name": "recovered-2", "server": production.server_id}, {"name": "x y", "server": production.server_id},
+                 {"name": "other", "server": project_backups["server_b"].pk}, {"name": "n"}):  # fmt: skip
+        refused = api.post(f"/api/v1/backups/{good.pk}/restore-into-new/", body, format="json")
+        assert refused.status_code in (400, 403), (body, refused.content)
+    assert Environment.objects.filter(project=production.project).count() == 4
+    viewer = APIClient()
+    viewer.force_authenticate(users["victor"])
+    response = viewer.post(f"/api/v1/backups/{good.pk}/restore-into-new/",
+                           {"name": "nope", "server": production.server_id}, format="json")  # fmt: skip
+    assert response.status_code == 404

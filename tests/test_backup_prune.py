@@ -23,6 +23,7 @@ SHARED = b"the logo every backup lists\n"
 @pytest.fixture
 def keep_three(settings: Any) -> None:
     settings.BACKUP_KEEP_DAILY = 3
+    Environment.objects.update(backup_keep_daily=3)  # the environment's own count is what retention uses
     settings.BACKUP_KEEP_WEEKLY = 0
     settings.BACKUP_KEEP_MONTHLY = 0
     settings.BACKUP_KEEP_UNVERIFIED_HOURS = 24
@@ -32,6 +33,7 @@ def keep_three(settings: Any) -> None:
 def history(inventory: dict[str, Any], backup_root: Path, keep_three: None) -> dict[str, Any]:
     """Ten daily verified backups of env_a, newest first; each lists the shared file and one of its own."""
     environment = inventory["env_a"]
+    environment.refresh_from_db()  # keep_three set its count of daily backups
     storage_row = make_local_storage(environment.project.organization, backup_root)
     BackupSettings.objects.create(environment=environment, storage=storage_row, schedule="@daily")
     now = timezone.now()
@@ -85,7 +87,7 @@ def test_it_deletes_pruned_backups_and_only_the_files_no_kept_backup_lists(histo
 def test_it_never_prunes_the_newest_verified_or_a_backup_a_restore_uses(
     history: dict[str, Any], inventory: dict[str, Any], settings: Any
 ) -> None:
-    settings.BACKUP_KEEP_DAILY = 0
+    Environment.objects.update(backup_keep_daily=0)
     root, backups = history["root"], history["backups"]
     # A restore of the oldest backup into another environment (its lock is that environment's).
     staging = inventory["env_b"]

@@ -3,7 +3,8 @@ backed up by the backup job and restored by a real worker.
 
 - round trip: rows and files written after a backup are gone after restoring it, those from before are back
   byte-identical (a pg_dump's hash, every filestore file's hash); the original is kept as ``prod_before_<job>``;
-- a restore into an environment that is not production is neutralized, with a new uuid and its own base URL;
+- a restore into a new environment deploys it first, then restores, neutralized, with a new uuid and its own base
+  URL (copy production to staging is in ``tests/test_backup_browser_lab.py``, from the page);
 - a backup of another Odoo major version is refused before the job starts, a dump newer than the target's
   pg_restore in the job's first step, both with nothing changed;
 - the worker killed during the database restore: the original keeps serving its data, the environment does not
@@ -120,25 +121,56 @@ def test_it_restores_a_backup_byte_identical_and_drops_what_came_after(deployed,
     assert not environment_state(deployed).alarming
 
 
-def test_it_neutralizes_a_copy_restored_into_staging(deployed, jobs_worker, lab1, users) -> None:
+def test_it_restores_into_a_new_environment_deployed_first_and_neutralized(deployed, jobs_worker, lab1, users) -> None:
+    from backups.restore import restore_into_new_environment
+
     setup_backups(deployed)
+    sql(lab1, "CREATE TABLE orders (id int PRIMARY KEY, customer text)")
+    sql(lab1, "INSERT INTO orders SELECT g, 'customer ' || g FROM generate_series(1, 120) g")
     sql(lab1, "INSERT INTO ir_config_parameter (key, value) VALUES ('database.uuid', 'prod-uuid') "
               "ON CONFLICT (key) DO UPDATE SET value = 'prod-uuid'")  # fmt: skip
+    document = os.urandom(7000)
+    attach(lab1, {content_named(document): document})
     backup = run_backup_of(deployed, users["alice"])
     assert backup.status == "good", backup.reason
-    # The same environment now plays staging (what a copy from production lands in).
-    Environment.objects.filter(pk=deployed.pk).update(kind="staging", domain="staging.example.com")
-    deployed.refresh_from_db()
-    job = restore(backup, deployed, users["alice"])
-    assert job.status == "succeeded", job.reason + "\n" + job_log(job)[-3000:]
-    assert sql(lab1, "SELECT count(*) FROM ir_mail_server WHERE active AND smtp_host <> 'invalid'") == "0"
-    assert sql(lab1, "SELECT string_agg(name, ',') FROM ir_cron WHERE active") == "Base: Auto-vacuum internal data"
-    params = dict(line.split("|", 1) for line in sql(lab1, "SELECT key, value FROM ir_config_parameter").splitlines())
-    assert params["database.is_neutralized"] == "true"
-    assert params["database.uuid"] not in ("", "prod-uuid") and len(params["database.secret"]) == 64
-    assert params["web.base.url"] == "https://staging.example.com"
-    assert job.result["neutralized"] is True and "odoo neutralize" in job_log(job)
-    assert health(lab1)["status"] == "pass"
+    key = "panel-demo-16-0-recovered"
+    lab1.docker("compose", "-p", key, "down", "-v", "--remove-orphans", timeout=300)
+    try:
+        job = restore_into_new_environment(
+            backup=backup, actor=users["alice"], name="recovered", kind="test", server=deployed.server,
+            compose_files=["test.yaml"], git_ref="main", domain="recovered.panel-demo.example.com",
+        )  # fmt: skip
+        wait_job(job, timeout=400)
+        job.refresh_from_db()
+        assert job.status == "succeeded", job.reason + "\n" + job_log(job)[-3000:]
+        target = Environment.objects.get(pk=job.environment_id)
+        assert target.compose_project == key and target.current_deployment is not None
+        assert target.current_deployment.job_id == job.pk  # deployed by the restore job itself
+        log = job_log(job)
+        assert "is new: no safety backup" in log and job.result["safety_backup"] is None
+
+        def new_sql(query: str) -> str:
+            result = lab1.ssh("docker", "exec", f"{key}-db-1", "psql", "-U", "odoo", "-d", "prod", "-tAc", query)
+            assert result.returncode == 0, result.stderr
+            return result.stdout.strip()
+
+        # Production's data, neutralized, with its own uuid and base URL; production itself untouched.
+        assert new_sql("SELECT count(*) FROM orders") == "120"
+        assert new_sql("SELECT count(*) FROM ir_mail_server WHERE active AND smtp_host <> 'invalid'") == "0"
+        assert new_sql("SELECT string_agg(name, ',') FROM ir_cron WHERE active") == "Base: Auto-vacuum internal data"
+        params = dict(line.split("|", 1) for line in new_sql("SELECT key, value FROM ir_config_parameter").splitlines())
+        assert params["database.is_neutralized"] == "true"
+        assert params["database.uuid"] not in ("", "prod-uuid") and len(params["database.secret"]) == 64
+        assert params["web.base.url"] == "https://recovered.panel-demo.example.com"
+        assert job.result["neutralized"] is True and "odoo neutralize" in log
+        result = lab1.ssh("docker", "exec", f"{key}-odoo-1", "sha256sum", f"{FILESTORE}/{content_named(document)}")
+        assert result.stdout.split()[0] == hashlib.sha256(document).hexdigest()
+        health = lab1.ssh("docker", "exec", f"{key}-odoo-1", "curl", "-fsS", "http://localhost:8069/web/health")
+        assert '"pass"' in health.stdout
+        assert sql(lab1, "SELECT count(*) FROM ir_config_parameter WHERE key = 'database.is_neutralized'") == "0"
+        assert not environment_state(target).alarming
+    finally:
+        lab1.docker("compose", "-p", key, "down", "-v", "--remove-orphans", timeout=300)
 
 
 def test_it_refuses_another_odoo_version_and_a_newer_pg_dump(deployed, jobs_worker, lab1, users) -> None:
@@ -270,52 +302,6 @@ def staging(deployed: Environment, lab1: Any, users: dict[str, Any]) -> Any:
     environment.refresh_from_db()
     yield environment
     lab1.docker("compose", "-p", STAGING_KEY, "down", "-v", "--remove-orphans", timeout=300)
-
-
-def test_it_copies_production_to_staging_neutralized_and_leaves_production_untouched(
-    deployed, staging, jobs_worker, lab1, users
-) -> None:
-    from backups.restore import copy_production_to
-
-    setup_backups(deployed)
-    sql(lab1, "CREATE TABLE orders (id int PRIMARY KEY, customer text)")
-    sql(lab1, "INSERT INTO orders SELECT g, 'customer ' || g FROM generate_series(1, 300) g")
-    sql(lab1, "INSERT INTO ir_config_parameter (key, value) VALUES ('database.uuid', 'prod-uuid') "
-              "ON CONFLICT (key) DO UPDATE SET value = 'prod-uuid'")  # fmt: skip
-    document = os.urandom(10_000)
-    attach(lab1, {content_named(document): document})
-    backup = run_backup_of(deployed, users["alice"])
-    assert backup.status == "good", backup.reason
-    production_dump, production_files = dump_hash(lab1), filestore_hashes(lab1)
-    job = copy_production_to(staging, users["alice"])
-    wait_job(job, timeout=120)
-    job.refresh_from_db()
-    assert job.status == "succeeded", job.reason + "\n" + job_log(job)[-3000:]
-    staging_db = f"{STAGING_KEY}-db-1"
-
-    def staging_sql(query: str) -> str:
-        result = lab1.ssh("docker", "exec", staging_db, "psql", "-U", "odoo", "-d", "prod", "-tAc", query)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-
-    # Staging serves production's data, neutralized.
-    assert staging_sql("SELECT count(*) FROM orders") == "300"
-    assert staging_sql("SELECT count(*) FROM ir_mail_server WHERE active AND smtp_host <> 'invalid'") == "0"
-    assert staging_sql("SELECT string_agg(name, ',') FROM ir_cron WHERE active") == "Base: Auto-vacuum internal data"
-    assert staging_sql("SELECT value FROM ir_config_parameter WHERE key = 'database.is_neutralized'") == "true"
-    assert staging_sql("SELECT value FROM ir_config_parameter WHERE key = 'database.uuid'") not in ("", "prod-uuid")
-    assert staging_sql("SELECT value FROM ir_config_parameter WHERE key = 'web.base.url'") == (
-        "https://test.panel-demo.example.com"
-    )
-    result = lab1.ssh("docker", "exec", f"{STAGING_KEY}-odoo-1", "sha256sum", f"{FILESTORE}/{content_named(document)}")
-    assert result.stdout.split()[0] == hashlib.sha256(document).hexdigest()
-    staging_health = lab1.ssh(
-        "docker", "exec", f"{STAGING_KEY}-odoo-1", "curl", "-fsS", "http://localhost:8069/web/health"
-    )
-    assert '"pass"' in staging_health.stdout
-    # Production is untouched, and not neutralized.
-    assert dump_hash(lab1) == production_dump and filestore_hashes(lab1) == production_files
-    assert sql(lab1, "SELECT count(*) FROM ir_config_parameter WHERE key = 'database.is_neutralized'") == "0"
 
 
 def test_it_swaps_back_when_the_swap_fails_and_the_original_serves_again(deployed, jobs_worker, lab1, users) -> None:

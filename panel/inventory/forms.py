@@ -294,7 +294,10 @@ class EnvironmentForm(forms.ModelForm):
             "auto_deploy": "Deploy automatically on git push",
         }
         help_texts = {
-            "backup_keep_daily": "For scheduled backups, which this version does not run yet.",
+            "backup_keep_daily": (
+                "Retention keeps the newest verified backup of each of this many recent days (weekly and monthly "
+                "counts: BACKUP_KEEP_WEEKLY, BACKUP_KEEP_MONTHLY)."
+            ),
             "cpu_limit": "Such as 1.5; blank for no limit.",
             "memory_limit": "Such as 4g; blank for no limit.",
             "auto_deploy": (

@@ -34,6 +34,11 @@ from panel.validators import (
 )
 
 
+def default_keep_daily() -> int:
+    """A new environment keeps as many daily backups as ``BACKUP_KEEP_DAILY`` says (at least one)."""
+    return max(1, int(settings.BACKUP_KEEP_DAILY))
+
+
 def new_webhook_id() -> str:
     """The unguessable part of a project's webhook URL."""
     return secrets.token_hex(16)
@@ -206,7 +211,11 @@ class Environment(models.Model):
     cron_threads = models.PositiveSmallIntegerField(default=1, validators=[MaxValueValidator(16)])
     cpu_limit = models.CharField(max_length=8, blank=True, validators=[validate_cpus])
     memory_limit = models.CharField(max_length=8, blank=True, validators=[validate_memory])
-    backup_keep_daily = models.PositiveSmallIntegerField(default=7, validators=[MinValueValidator(1)])
+    backup_keep_daily = models.PositiveSmallIntegerField(
+        default=default_keep_daily,
+        validators=[MinValueValidator(1)],
+        help_text="How many recent days keep their newest verified backup (grandfather-father-son retention).",
+    )
     auto_deploy = models.BooleanField(
         default=False, help_text="Deploy when a git push to this environment's branch arrives (webhook)."
     )

@@ -447,6 +447,7 @@ def stream(
     idle_timeout: float | None = None,
     stderr_limit: int = 64 * 1024,
     close_stdin: bool = True,
+    name: str = "",
 ) -> StreamResult:
     """Run ``argv`` on the server with binary stdin/stdout: each chunk of its stdout goes to ``sink`` as it
     arrives, ``source``'s chunks are its stdin (none: stdin is closed at once, unless ``close_stdin`` is false: then
@@ -455,7 +456,8 @@ def stream(
 
     Memory stays bounded: the SSH window (2 MiB) limits what the server sends before ``sink`` took the previous
     chunk, and one chunk of ``source`` is in flight at a time. A command that stops reading its stdin early (it
-    exited) ends the feeding, not the call. Like ``run``, it refuses to start once the job's hold ended, is tagged
+    exited) ends the feeding, not the call. ``name`` is what messages call the command (default: ``argv[0]``).
+    Like ``run``, it refuses to start once the job's hold ended, is tagged
     by it, and stops with ``HoldLost`` when the hold ends; ``timeout`` bounds the whole command, ``idle_timeout``
     the time without a byte moving either way.
     """
@@ -463,7 +465,7 @@ def stream(
 
     timeout = settings.SSH_COMMAND_TIMEOUT if timeout is None else timeout
     idle_timeout = settings.SSH_IDLE_OUTPUT_TIMEOUT if idle_timeout is None else idle_timeout
-    name = argv[0]
+    name = name or argv[0]
     held = current_hold(target)
     if held is not None:
         held.check()
@@ -472,10 +474,13 @@ def stream(
     pending = b""
     err = bytearray()
     bytes_out = bytes_in = 0
+    # A silent command (pg_dump waiting for a lock, a restore writing an index) is not a dead server: while
+    # nothing moves, ask the server every SSH_KEEPALIVE_INTERVAL whether it still answers at all.
+    probe_every = settings.SSH_KEEPALIVE_INTERVAL
     with exec_channel(target, argv) as channel:
         if chunks is None and close_stdin:
             channel.shutdown_write()
-        started = last_activity = time.monotonic()
+        started = last_activity = last_probe = time.monotonic()
         while True:
             if held is not None and held.lost():
                 raise HoldLost(held.lost_reason)
@@ -524,6 +529,13 @@ def stream(
                 raise _timed_out(
                     target, channel, held, f"{name} moved no data for {idle_timeout:g} s", "; it was stopped"
                 )
+            if probe_every and now - last_activity > probe_every and now - last_probe > probe_every:
+                last_probe = now
+                transport = channel.get_transport()
+                if transport is not None and not answers(transport, settings.SSH_BANNER_TIMEOUT):
+                    raise _stopped_answering(
+                        target, transport, held, f"{name} moved no data for {now - last_activity:.0f} s"
+                    )
             # Waiting for the window to open (stdin) is not visible to select(): poll it more often.
             select.select([channel], [], [], 0.01 if pending else 0.2)
         while channel.recv_ready():
@@ -572,9 +584,14 @@ def _timed_out(target: Target, channel: paramiko.Channel, held: Hold | None, wha
     close, and nothing of the job waits for a server that does not answer.
     """
     transport = channel.get_transport()
-    within = settings.SSH_BANNER_TIMEOUT
-    if transport is None or answers(transport, within):
+    if transport is None or answers(transport, settings.SSH_BANNER_TIMEOUT):
         return CommandTimeout(f"{what} on {target.label}{tail}.")
+    return _stopped_answering(target, transport, held, what)
+
+
+def _stopped_answering(target: Target, transport: paramiko.Transport, held: Hold | None, what: str) -> RemoteError:
+    """The error of a server that did not answer a keepalive: close the connection (and end the job's hold)."""
+    within = settings.SSH_BANNER_TIMEOUT
     message = (
         f"{target.label} stopped answering over SSH: {what}, and the server did not answer a keepalive within "
         f"{within:g} s either. It is down, overloaded or cut off from the panel: check it, then run the job again."
