@@ -95,11 +95,7 @@ def test_it_backs_up_with_live_progress_and_copies_production_to_staging_from_th
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.add_init_script(RECORD)
-    try:
-        log_in(page, live_server_url, "alice")
-    except Exception:
-        print("DEBUG", page.url, page.content()[:3000])
-        raise
+    log_in(page, live_server_url, "alice")
 
     # Backup now, on production's page: the job page draws the progress live, in bytes and percent.
     page.goto(f"{live_server_url}/environments/{deployed.pk}/")
