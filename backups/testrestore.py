@@ -400,8 +400,13 @@ class TestRestoreRun(RestoreRun):
                      timeout=300)  # fmt: skip
         self.db_user, _dump, restore_version = self.db_facts()
         deadline = time.monotonic() + settings.DEPLOY_DB_WAIT_TIMEOUT
+        # Over TCP: the images' first start runs initdb under a temporary server that listens on the socket only,
+        # then stops it; only the real server listens on TCP.
+        ready = ["pg_isready", "-q", "-h", "127.0.0.1"]
         while True:
-            result = run_capture(self.target, self.psql("postgres", "SELECT 1"), timeout=60)
+            result = run_capture(self.target, self.db(*ready), timeout=60)
+            if result.ok:
+                result = run_capture(self.target, self.psql("postgres", "SELECT 1"), timeout=60)
             if result.ok:
                 break
             if time.monotonic() > deadline:
