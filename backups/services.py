@@ -29,6 +29,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -310,6 +311,8 @@ class BackupRun(EnvironmentCommands):
     target: Target = field(init=False)
     objects: list[dict[str, Any]] = field(default_factory=list)
     uploaded: int = 0
+    _uploader: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _closing: list[tuple[str, str, Future[StoredObject]]] = field(default_factory=list, init=False, repr=False)
     dump_header: list[str] = field(default_factory=list)
     #: How the job names its steps: a pre-deploy backup runs inside the deploy job (``backups.predeploy``).
     step_prefix: ClassVar[str] = ""
@@ -528,17 +531,39 @@ class BackupRun(EnvironmentCommands):
             if digest.hexdigest() != sha1:
                 writer.abort()
                 return False
-            stored = writer.close()
         except BaseException:
             writer.abort()
             raise
-        self.uploaded += stored.size
-        FilestoreObject.objects.get_or_create(
-            storage=self.backup.storage, sha1=sha1,
-            defaults={"key": key, "size": stored.size, "sha256": stored.sha256, "encrypted": stored.encrypted,
-                      "plain_size": stored.plain_size, "plain_sha256": stored.plain_sha256},
-        )  # fmt: skip
+        # Its upload (one PUT for most files, then the store's confirmation) runs in a thread while the next file
+        # streams in over SSH: the two overlap instead of taking turns. One at a time, so memory stays bounded.
+        self.settle_uploads(keep=0)
+        if self._uploader is None:
+            self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-upload")
+        self._closing.append((sha1, key, self._uploader.submit(writer.close)))
         return True
+
+    def settle_uploads(self, keep: int, *, quiet: bool = False) -> None:
+        """Wait for the files' uploads until at most ``keep`` are in flight; a file is recorded (its
+        ``FilestoreObject``) only once the store confirmed it. A failed upload raises, after the others ended;
+        with ``quiet`` (the backup already failed) it is only waited for."""
+        while len(self._closing) > keep:
+            sha1, key, future = self._closing.pop(0)
+            try:
+                stored = future.result()
+            except BaseException:
+                if quiet:
+                    continue
+                self.settle_uploads(keep=0, quiet=True)
+                raise
+            self.uploaded += stored.size
+            FilestoreObject.objects.get_or_create(
+                storage=self.backup.storage, sha1=sha1,
+                defaults={"key": key, "size": stored.size, "sha256": stored.sha256, "encrypted": stored.encrypted,
+                          "plain_size": stored.plain_size, "plain_sha256": stored.plain_sha256},
+            )  # fmt: skip
+        if not self._closing and self._uploader is not None:
+            self._uploader.shutdown(wait=True)
+            self._uploader = None
 
     def filestore(self, database: str) -> dict[str, Any]:
         """Back up the filestore: new content-named files once per storage, the rest in tars."""
@@ -583,12 +608,14 @@ class BackupRun(EnvironmentCommands):
                     elif other_tar is not None:
                         other_tar.addfile(member, data)
                         other_files.append({"name": name, "size": member.size})
+                self.settle_uploads(keep=0)
                 if other_tar is not None and other_writer is not None:
                     other_tar.close()
                     stored = other_writer.close()
                     self.uploaded += stored.size
                     self.objects.append(_object_entry(stored, "filestore-other", files=other_files))
             except BaseException:
+                self.settle_uploads(keep=0, quiet=True)
                 if other_writer is not None:
                     other_writer.abort()
                 raise
