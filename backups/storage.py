@@ -850,7 +850,10 @@ class S3Storage(Storage):
             # Newer boto3 adds CRC checksums to every upload by default; many S3-compatible stores refuse them.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            s3=cast(Any, {"addressing_style": addressing_style}),
+            # Every upload carries Content-MD5, which the signature covers and the store checks: hashing each
+            # body once more with SHA-256 for the signature (what botocore does over http) is a pass over every
+            # byte for nothing (over https botocore already skips it when Content-MD5 is there).
+            s3=cast(Any, {"addressing_style": addressing_style, "payload_signing_enabled": False}),
             connect_timeout=settings.BACKUP_S3_CONNECT_TIMEOUT,
             read_timeout=settings.BACKUP_S3_READ_TIMEOUT,
             retries={"max_attempts": max_attempts or settings.BACKUP_S3_MAX_ATTEMPTS, "mode": "standard"},
