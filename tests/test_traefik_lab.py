@@ -1,5 +1,7 @@
-"""Domains and TLS for real: the panel installs its Traefik on a lab host, deploys an environment with a domain and
-an alias, and Traefik serves it over HTTPS with a certificate that Pebble (a real ACME CA) issued."""
+"""Domains and TLS for real: in a browser, a user adds a domain and an alias, installs the panel's Traefik on a lab
+host and deploys; Traefik serves the environment over HTTPS with a certificate that Pebble (a real ACME CA) issued,
+/websocket, the alias redirect, the database manager refused and HTTP redirected; installing again keeps the
+certificate. (One test: each costs a deploy, a proxy and ACME issuance.)"""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from deployments.models import Deployment
 from panel.inventory.proxy import PROJECT, start_proxy_install
 from panel.jobs.models import JobLogLine
-from tests.deploy_fixtures import deploy, log_text
+from tests.deploy_fixtures import log_text
 from tests.lab.traefik import ensure_traefik_image, pebble
 from tests.lab_helpers import wait_job
 
@@ -90,106 +93,6 @@ def proxy_clean(lab1: Any):
     clean()
 
 
-def test_it_serves_an_environment_over_https_with_a_certificate_from_pebble(
-    deploy_env: Any, lab1: Any, lab_sample: Any, users: Any, proxy_clean: None
-) -> None:
-    ensure_traefik_image(lab1.spec)
-    quick_health_check(lab_sample)
-    environment = deploy_env
-    environment.domain = DOMAIN
-    environment.aliases = [ALIAS]
-    environment.full_clean()
-    environment.save()
-    server = environment.server
-    with pebble(lab1.spec) as ca:
-        server.proxy_bind_address = lab1.address
-        server.proxy_http_port = HTTP_PORT
-        server.proxy_https_port = HTTPS_PORT
-        server.acme_directory_url = ca.directory_url
-        server.acme_ca_certificate = ca.tls_ca_pem
-        server.acme_email = "ops@panel-demo.test"
-        server.full_clean()
-        server.save()
-
-        job = wait_job(start_proxy_install(server=server, actor=users["alice"]), timeout=300)
-        log = job_log(job)
-        assert job.status == "succeeded", f"{job.reason}\n{log}"
-        assert "Network inverseproxy_shared:" in log
-        # The lab's names exist in no DNS: the job says so before any certificate is asked for.
-        assert f"⚠ {DOMAIN} resolves to nothing, not to this server" in log
-        assert f"⚠ {ALIAS} resolves to nothing" in log
-
-        deployment = deploy(environment, users["alice"])
-        assert deployment.status == "succeeded", deployment.job.reason
-        # The deploy checks the domains too, and reads the certificate the proxy got for the main domain.
-        text = log_text(deployment)
-        assert f"⚠ {DOMAIN} resolves to nothing, not to this server" in text
-        assert "The server's proxy does not run" not in text
-        assert [step["name"] for step in deployment.job.result["steps"]][-1] == "Read the certificate"
-        environment.refresh_from_db()
-        assert "Pebble" in environment.tls_certificate.get("issuer", ""), (environment.tls_certificate, text[-2000:])
-        assert f"{DOMAIN}: certificate from {environment.tls_certificate['issuer']}, valid until" in text
-
-        roots = ca.issuing_roots()
-        status, body, certificate = wait_for_certificate(lab1.address, DOMAIN, roots)
-        assert status == 200 and json.loads(body) == {"status": "pass"}
-        assert "Pebble" in issuer(certificate), certificate
-        assert ("DNS", DOMAIN) in certificate["subjectAltName"]
-        assert certificate["notAfter"]
-        first_serial = certificate["serialNumber"]
-
-        # /websocket goes to Odoo's second port.
-        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/websocket", roots)
-        assert status == 200 and json.loads(body) == {"port": 8072, "path": "/websocket"}
-        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/web/login", roots)
-        assert status == 200 and b"login" in body
-
-        # The alias has its own certificate and redirects to the same path on the main domain.
-        wait_for_certificate(lab1.address, ALIAS, roots)
-        status, headers, _body, certificate = https_get(lab1.address, ALIAS, "/web/login?x=1", roots)
-        assert status in (301, 308), status
-        assert headers["location"] == f"https://{DOMAIN}/web/login?x=1"
-        assert ("DNS", ALIAS) in certificate["subjectAltName"]
-
-        # Production: the proxy refuses the database manager (the stand-in, like Odoo, would show a page).
-        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/web/database/manager", roots)
-        assert status == 403 and body.strip() == b"Forbidden", (status, body[:200])
-        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/web/database/selector", roots)
-        assert status == 403 and b"database manager" not in body
-
-        # Plain HTTP is redirected to HTTPS.
-        connection = http.client.HTTPConnection(lab1.address, HTTP_PORT, timeout=10)
-        connection.request("GET", "/web/health", headers={"Host": DOMAIN})
-        response = connection.getresponse()
-        assert response.status in (301, 308)
-        assert response.getheader("Location", "").startswith(f"https://{DOMAIN}")
-        connection.close()
-
-        # Installing again changes nothing that works, keeps the certificate (the acme volume), and reads it for
-        # the environment page.
-        job = wait_job(start_proxy_install(server=server, actor=users["alice"]), timeout=300)
-        log = job_log(job)
-        assert job.status == "succeeded", job.reason
-        assert "Network inverseproxy_shared: already present." in log
-        status, body, served = wait_for_certificate(lab1.address, DOMAIN, roots)
-        assert status == 200 and "Pebble" in issuer(served)
-        assert served["serialNumber"] == first_serial
-        environment.refresh_from_db()
-        stored = environment.tls_certificate
-        assert "Pebble" in stored["issuer"] and DOMAIN in stored["names"], stored
-        expiry = ssl.cert_time_to_seconds(served["notAfter"])
-        assert abs(environment.certificate_facts()["not_after"].timestamp() - expiry) < 1
-        assert f"{DOMAIN}: certificate from {stored['issuer']}, valid until" in log
-        client = Client()
-        client.force_login(users["alice"])
-        page = client.get(f"/environments/{environment.pk}/").content.decode()
-        assert f'href="https://{DOMAIN}/"' in page
-        assert (
-            f"Issued by {stored['issuer']}, expires {environment.certificate_facts()['not_after']:%Y-%m-%d %H:%M}"
-            in page
-        )
-
-
 def wait_for_job_page(page: Any) -> str:
     """The final status a job page shows."""
     page.wait_for_function(
@@ -201,7 +104,7 @@ def wait_for_job_page(page: Any) -> str:
 
 
 @pytest.mark.browser
-def test_it_shows_the_domain_and_its_certificate_after_a_deploy_in_the_browser(
+def test_it_serves_a_domain_added_in_the_browser_over_https_with_a_certificate_from_pebble(
     live_server_url: str, deploy_env: Any, lab1: Any, lab_sample: Any, users: Any, browser: Any, proxy_clean: None
 ) -> None:
     import os
@@ -254,3 +157,72 @@ def test_it_shows_the_domain_and_its_certificate_after_a_deploy_in_the_browser(
         ), text
         assert "Pebble" in text
         page.screenshot(path="/tmp/panel-domain-certificate.png", full_page=True)
+
+        # The deploy checked the domains too and read the certificate as its last step.
+        deployment = Deployment.objects.filter(environment=environment).latest("pk")
+        text = log_text(deployment)
+        assert f"⚠ {DOMAIN} resolves to nothing, not to this server" in text
+        assert "The server's proxy does not run" not in text
+        assert [step["name"] for step in deployment.job.result["steps"]][-1] == "Read the certificate"
+        assert f"{DOMAIN}: certificate from {environment.tls_certificate['issuer']}, valid until" in text
+
+        # What the proxy serves: HTTPS with Pebble's certificate, /websocket, the alias, the database manager
+        # refused on production, HTTP redirected; installing again keeps the certificate.
+        roots = ca.issuing_roots()
+        status, body, certificate = wait_for_certificate(lab1.address, DOMAIN, roots)
+        assert status == 200 and json.loads(body) == {"status": "pass"}
+        assert "Pebble" in issuer(certificate), certificate
+        assert ("DNS", DOMAIN) in certificate["subjectAltName"]
+        assert certificate["notAfter"]
+        first_serial = certificate["serialNumber"]
+
+        # /websocket goes to Odoo's second port.
+        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/websocket", roots)
+        assert status == 200 and json.loads(body) == {"port": 8072, "path": "/websocket"}
+        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/web/login", roots)
+        assert status == 200 and b"login" in body
+
+        # The alias has its own certificate and redirects to the same path on the main domain.
+        wait_for_certificate(lab1.address, ALIAS, roots)
+        status, headers, _body, certificate = https_get(lab1.address, ALIAS, "/web/login?x=1", roots)
+        assert status in (301, 308), status
+        assert headers["location"] == f"https://{DOMAIN}/web/login?x=1"
+        assert ("DNS", ALIAS) in certificate["subjectAltName"]
+
+        # Production: the proxy refuses the database manager (the stand-in, like Odoo, would show a page).
+        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/web/database/manager", roots)
+        assert status == 403 and body.strip() == b"Forbidden", (status, body[:200])
+        status, _headers, body, _cert = https_get(lab1.address, DOMAIN, "/web/database/selector", roots)
+        assert status == 403 and b"database manager" not in body
+
+        # Plain HTTP is redirected to HTTPS.
+        connection = http.client.HTTPConnection(lab1.address, HTTP_PORT, timeout=10)
+        connection.request("GET", "/web/health", headers={"Host": DOMAIN})
+        response = connection.getresponse()
+        assert response.status in (301, 308)
+        assert response.getheader("Location", "").startswith(f"https://{DOMAIN}")
+        connection.close()
+
+        # Installing again changes nothing that works, keeps the certificate (the acme volume), and reads it for
+        # the environment page.
+        job = wait_job(start_proxy_install(server=server, actor=users["alice"]), timeout=300)
+        log = job_log(job)
+        assert job.status == "succeeded", job.reason
+        assert "Network inverseproxy_shared: already present." in log
+        status, body, served = wait_for_certificate(lab1.address, DOMAIN, roots)
+        assert status == 200 and "Pebble" in issuer(served)
+        assert served["serialNumber"] == first_serial
+        environment.refresh_from_db()
+        stored = environment.tls_certificate
+        assert "Pebble" in stored["issuer"] and DOMAIN in stored["names"], stored
+        expiry = ssl.cert_time_to_seconds(served["notAfter"])
+        assert abs(environment.certificate_facts()["not_after"].timestamp() - expiry) < 1
+        assert f"{DOMAIN}: certificate from {stored['issuer']}, valid until" in log
+        client = Client()
+        client.force_login(users["alice"])
+        html = client.get(f"/environments/{environment.pk}/").content.decode()
+        assert f'href="https://{DOMAIN}/"' in html
+        assert (
+            f"Issued by {stored['issuer']}, expires {environment.certificate_facts()['not_after']:%Y-%m-%d %H:%M}"
+            in html
+        )
