@@ -30,7 +30,7 @@ from panel.jobs.models import JobLogLine
 from tests.backup_fixtures import CountingProxy, make_local_storage, make_s3_storage
 from tests.deploy_fixtures import KEY, deploy
 from tests.lab_helpers import wait_job
-from tests.test_job_faults_lab import tagged_processes, wait_for_line
+from tests.test_job_faults_lab import tagged_processes
 
 pytestmark = [pytest.mark.lab, pytest.mark.django_db(transaction=True)]
 
@@ -222,8 +222,12 @@ def test_it_never_records_a_backup_whose_worker_was_killed_mid_dump_as_good(
     result = lab1.ssh("docker", "exec", DB, "psql", "-U", "odoo", "-d", "prod", "-qc", fill, timeout=300)
     assert result.returncode == 0, result.stderr
     backup = start_backup(environment=deployed, actor=users["alice"])
-    wait_for_line(backup.job, r"^Dumping database prod")
-    time.sleep(1.0)
+    # Killed while pg_dump reads the database (the server's activity says so; the job's log arrives in batches).
+    deadline = time.monotonic() + 60
+    active = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND state = 'active'"
+    while lab1.ssh("docker", "exec", DB, "psql", "-U", "odoo", "-d", "prod", "-tAc", active).stdout.strip() == "0":
+        assert time.monotonic() < deadline, "pg_dump never ran"
+        time.sleep(0.05)
     jobs_worker.kill()
     job = wait_job(backup.job, timeout=60, statuses=("interrupted",))
     settle_backups()
