@@ -65,13 +65,17 @@ def environment_backups_context(
     }
 
 
-def _job_or_back(request: HttpRequest, environment: Environment, start: Any) -> HttpResponse:
-    """Run a job start service: follow the job, or go back to the environment with the reason."""
+def _job_or_back(
+    request: HttpRequest, environment: Environment, start: Any, refused: tuple[type[Exception], ...] = ()
+) -> HttpResponse:
+    """Run a job start service: follow the job, or go back to the environment with why it did not start (busy,
+    ``JobFailed``, ``RestoreRefused`` or one of ``refused``)."""
+    refusals: tuple[type[Exception], ...] = (RestoreRefused, JobFailed, *refused)
     try:
         job = start()
     except TargetBusy as exc:
         messages.warning(request, busy_message(exc))
-    except (RestoreRefused, JobFailed) as exc:
+    except refusals as exc:
         messages.error(request, str(exc))
     else:
         return redirect("job_detail", job_id=job.pk)
@@ -139,16 +143,9 @@ def environment_backup(request: HttpRequest, environment_id: int) -> HttpRespons
     environment = get_for_user(
         Environment.objects.select_related("project"), request.user, Action.CHANGE, pk=environment_id
     )
-    try:
-        backup = start_backup(environment=environment, actor=request.user, trigger="button")
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-        return redirect("environment_detail", environment_id=environment.pk)
-    except JobFailed as exc:
-        messages.error(request, str(exc))
-        return redirect("environment_detail", environment_id=environment.pk)
-    assert backup.job is not None
-    return redirect("job_detail", job_id=backup.job.pk)
+    return _job_or_back(
+        request, environment, lambda: start_backup(environment=environment, actor=request.user, trigger="button").job
+    )
 
 
 @require_POST
@@ -162,15 +159,10 @@ def backup_test_restore(request: HttpRequest, backup_id: int) -> HttpResponse:
     )
     if not can(request.user, Action.CHANGE, backup.environment):
         raise Http404("Not found.")
-    try:
-        job = start_test_restore(backup, request.user, trigger="button")
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-    except (TestRestoreRefused, JobFailed) as exc:
-        messages.error(request, str(exc))
-    else:
-        return redirect("job_detail", job_id=job.pk)
-    return redirect("environment_detail", environment_id=backup.environment_id)
+    return _job_or_back(
+        request, backup.environment, lambda: start_test_restore(backup, request.user, trigger="button"),
+        refused=(TestRestoreRefused,),
+    )  # fmt: skip
 
 
 def _restore_into_new(request: HttpRequest, backup: Any) -> HttpResponse:
