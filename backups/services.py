@@ -550,17 +550,17 @@ class BackupRun(EnvironmentCommands):
             sha1, key, future = self._closing.pop(0)
             try:
                 stored = future.result()
+                self.uploaded += stored.size
+                FilestoreObject.objects.get_or_create(
+                    storage=self.backup.storage, sha1=sha1,
+                    defaults={"key": key, "size": stored.size, "sha256": stored.sha256, "encrypted": stored.encrypted,
+                              "plain_size": stored.plain_size, "plain_sha256": stored.plain_sha256},
+                )  # fmt: skip
             except BaseException:
                 if quiet:
-                    continue
+                    continue  # the backup already failed, and that failure is what the job reports
                 self.settle_uploads(keep=0, quiet=True)
                 raise
-            self.uploaded += stored.size
-            FilestoreObject.objects.get_or_create(
-                storage=self.backup.storage, sha1=sha1,
-                defaults={"key": key, "size": stored.size, "sha256": stored.sha256, "encrypted": stored.encrypted,
-                          "plain_size": stored.plain_size, "plain_sha256": stored.plain_sha256},
-            )  # fmt: skip
         if not self._closing and self._uploader is not None:
             self._uploader.shutdown(wait=True)
             self._uploader = None
