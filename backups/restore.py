@@ -540,6 +540,12 @@ class RestoreRun(EnvironmentCommands):
             for item in bytes(output).split(b"\0")
             if item
         }
+        if len(present) < self.files:
+            # Every file that was sent must have arrived (a stream cut short would still pass the references).
+            raise RestoreFailed(
+                f"The restored filestore has {len(present)} files, but {self.files} were sent. Nothing live was "
+                "changed."
+            )
         missing = sorted(referenced - present)
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -548,8 +554,8 @@ class RestoreRun(EnvironmentCommands):
                 f"({shown}). Nothing live was changed."
             )
         self.context.write(
-            f"Checked: base is installed, and all {len(referenced)} attachments the database references are in the "
-            "new filestore."
+            f"Checked: base is installed, all {len(present)} files sent are in the new filestore, and all "
+            f"{len(referenced)} attachments the database references are there."
         )
 
     # -- 4. neutralize --------------------------------------------------------------------------------
