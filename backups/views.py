@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from backups.backup_api import visible_backups
@@ -27,8 +28,7 @@ from panel.accounts.scoping import can, for_user, get_for_user
 from panel.inventory.choices import EnvironmentKind
 from panel.inventory.models import Environment
 from panel.jobs.runner import JobFailed
-from panel.jobs.services import TargetBusy
-from panel.jobs.views import busy_message
+from panel.jobs.views import follow_started_job
 from panel.validators import parse_id
 
 LIST_SIZE = 20
@@ -68,18 +68,10 @@ def environment_backups_context(
 def _job_or_back(
     request: HttpRequest, environment: Environment, start: Any, refused: tuple[type[Exception], ...] = ()
 ) -> HttpResponse:
-    """Run a job start service: follow the job, or go back to the environment with why it did not start (busy,
+    """Follow the job ``start`` queues, or go back to the environment with why it did not start (busy,
     ``JobFailed``, ``RestoreRefused`` or one of ``refused``)."""
-    refusals: tuple[type[Exception], ...] = (RestoreRefused, JobFailed, *refused)
-    try:
-        job = start()
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-    except refusals as exc:
-        messages.error(request, str(exc))
-    else:
-        return redirect("job_detail", job_id=job.pk)
-    return redirect("environment_detail", environment_id=environment.pk)
+    back = reverse("environment_detail", args=[environment.pk])
+    return follow_started_job(request, start, back, refused=(RestoreRefused, JobFailed, *refused))
 
 
 @require_POST

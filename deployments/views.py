@@ -16,6 +16,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from deployments import services
@@ -32,7 +33,7 @@ from panel.jobs.choices import ACTIVE_STATES
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy
-from panel.jobs.views import active_job, busy_message, job_steps
+from panel.jobs.views import active_job, busy_message, follow_started_job, job_steps
 from panel.validators import parse_id
 
 HISTORY_SIZE = 30
@@ -181,12 +182,11 @@ def environment_promote(request: HttpRequest, environment_id: int) -> HttpRespon
 def environment_check(request: HttpRequest, environment_id: int) -> HttpResponse:
     """Check what runs on the environment (proves an environment that needs attention runs again)."""
     environment = _environment_for_change(request, environment_id)
-    try:
-        job = services.start_check(environment=environment, actor=request.user)
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-        return redirect("environment_detail", environment_id=environment.pk)
-    return redirect("job_detail", job_id=job.pk)
+    return follow_started_job(
+        request,
+        lambda: services.start_check(environment=environment, actor=request.user),
+        reverse("environment_detail", args=[environment.pk]),
+    )
 
 
 @require_POST
@@ -199,15 +199,11 @@ def project_read_answers(request: HttpRequest, project_id: int) -> HttpResponse:
     if server is None:
         messages.error(request, "Choose a server to fetch the repository on.")
         return redirect("project_detail", project_id=project.pk)
-    try:
-        job = services.start_read_answers(project=project, server=server, actor=request.user)
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-        return redirect("project_detail", project_id=project.pk)
-    except JobFailed as exc:
-        messages.error(request, str(exc))
-        return redirect("project_detail", project_id=project.pk)
-    return redirect("job_detail", job_id=job.pk)
+    return follow_started_job(
+        request,
+        lambda: services.start_read_answers(project=project, server=server, actor=request.user),
+        reverse("project_detail", args=[project.pk]),
+    )
 
 
 @require_http_methods(["GET", "POST"])

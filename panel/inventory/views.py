@@ -39,8 +39,7 @@ from panel.inventory.forms import (
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs.models import Job
 from panel.jobs.runner import JobFailed
-from panel.jobs.services import TargetBusy
-from panel.jobs.views import active_job, busy_message
+from panel.jobs.views import active_job, follow_started_job
 from panel.remote import RemoteError
 from panel.validators import parse_id
 
@@ -174,12 +173,7 @@ def _queue_server_job(request: HttpRequest, server_id: int, doing: str, start: C
     if not server.host_key_pinned:
         messages.error(request, f"Confirm the server's host key fingerprint before {doing}.")
         return redirect("server_confirm", server_id=server.pk)
-    try:
-        job = start(server)
-    except TargetBusy as exc:
-        messages.warning(request, busy_message(exc))
-        return redirect("server_detail", server_id=server.pk)
-    return redirect("job_detail", job_id=job.pk)
+    return follow_started_job(request, lambda: start(server), reverse("server_detail", args=[server.pk]))
 
 
 @require_POST

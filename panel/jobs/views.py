@@ -7,7 +7,7 @@ Cancelling needs ``Action.CHANGE`` (owners and operators).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +27,7 @@ from panel.accounts.scoping import can, for_user, get_for_user
 from panel.accounts.services import record
 from panel.jobs.choices import ACTIVE_STATES, JobStatus
 from panel.jobs.models import Job, JobLogLine
+from panel.jobs.runner import JobFailed
 from panel.jobs.services import TargetBusy, request_cancel
 
 JOBS_PAGE_SIZE = 50
@@ -35,6 +36,25 @@ JOBS_PAGE_SIZE = 50
 def active_job(queryset: QuerySet[Job]) -> Job | None:
     """The queued or running job of a target, if any."""
     return queryset.filter(status__in=ACTIVE_STATES).first()
+
+
+def follow_started_job(
+    request: HttpRequest,
+    start: Callable[[], Job],
+    back: str,
+    refused: tuple[type[Exception], ...] = (JobFailed,),
+) -> HttpResponse:
+    """Run a job start service and follow the job it queued; when the target is busy, or the service refused with
+    one of ``refused`` (messages meant for people), go back to the URL ``back`` saying why."""
+    try:
+        job = start()
+    except TargetBusy as exc:
+        messages.warning(request, busy_message(exc))
+    except refused as exc:
+        messages.error(request, str(exc))
+    else:
+        return redirect("job_detail", job_id=job.pk)
+    return redirect(back)
 
 
 def busy_message(exc: TargetBusy) -> str:
