@@ -49,6 +49,7 @@ from backups.models import (
 )
 from backups.storage import CHUNK, IntegrityError, Storage, StorageError, StoredObject, open_storage
 from deployments.pipeline import Pipeline
+from deployments.services import lock_key as deploy_lock_key
 from panel.accounts.services import record
 from panel.inventory.models import Environment
 from panel.inventory.services import environment_hold
@@ -122,9 +123,9 @@ class BackupFailed(JobFailed):
 
 
 def backup_lock_key(environment: Environment) -> str:
-    """The job lock of every job that changes or reads an environment as a whole: a backup never overlaps a
-    deploy (the same key as ``deployments.services.lock_key``)."""
-    return f"environment:{environment.pk}"
+    """The job lock of every job that changes or reads an environment as a whole: the deploy's own key, so a backup
+    never overlaps a deploy."""
+    return deploy_lock_key(environment)
 
 
 def settle_backups(environment: Environment | None = None) -> int:
