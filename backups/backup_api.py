@@ -154,13 +154,13 @@ class NewEnvironmentSerializer(serializers.Serializer):  # type: ignore[type-arg
     domain = serializers.CharField(max_length=253, required=False, allow_blank=True)
 
 
-def _restore_started(view: Any, start: Any) -> Response:
-    """Call a restore start service and answer: 202 with the job, 409 busy, 400 refused."""
+def _job_started(view: Any, start: Any, refused: tuple[type[Exception], ...] = (RestoreRefused, JobFailed)) -> Response:
+    """Call a job start service and answer: 202 with the job, 409 busy, 400 refused (one of ``refused``)."""
     try:
         job = start()
     except TargetBusy as exc:
         return busy_response(exc)
-    except (RestoreRefused, JobFailed) as exc:
+    except refused as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     body = JobStartedSerializer({"job": job}, context=view.get_serializer_context())
     return Response(body.data, status=status.HTTP_202_ACCEPTED)
@@ -209,7 +209,7 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
         problem = confirmation_problem(environment, body.validated_data.get("confirm"))
         if problem:
             raise serializers.ValidationError({"confirm": [problem]})
-        return _restore_started(self, lambda: start_restore(backup=backup, target=environment, actor=request.user,
+        return _job_started(self, lambda: start_restore(backup=backup, target=environment, actor=request.user,
                                                             trigger="api"))  # fmt: skip
 
     @extend_schema(
@@ -221,7 +221,7 @@ class EnvironmentBackupActions(viewsets.GenericViewSet):  # type: ignore[type-ar
         """*Copy production to staging*: restore the project's production's newest good backup into this
         environment (not production), neutralized."""
         environment = self.get_object()
-        return _restore_started(self, lambda: copy_production_to(environment, request.user))
+        return _job_started(self, lambda: copy_production_to(environment, request.user))
 
     @extend_schema(methods=["GET"], request=None, responses={200: BackupSettingsSerializer, 404: DetailSerializer})
     @extend_schema(
@@ -312,7 +312,7 @@ class BackupViewSet(BackupZipActions, viewsets.ReadOnlyModelViewSet):  # type: i
         fields.setdefault("compose_files", list(source.compose_files))
         fields.setdefault("git_ref", source.git_ref)
         try:
-            return _restore_started(
+            return _job_started(
                 self, lambda: restore_into_new_environment(backup=backup, actor=request.user, trigger="api", **fields)
             )
         except DjangoValidationError as exc:
@@ -330,14 +330,7 @@ class BackupViewSet(BackupZipActions, viewsets.ReadOnlyModelViewSet):  # type: i
         backup = self.get_object()
         if not can(request.user, Action.CHANGE, backup.environment):
             raise Http404
-        try:
-            job = start_verify(backup, request.user, trigger="api")
-        except TargetBusy as exc:
-            return busy_response(exc)
-        except JobFailed as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        body = JobStartedSerializer({"job": job}, context=self.get_serializer_context())
-        return Response(body.data, status=status.HTTP_202_ACCEPTED)
+        return _job_started(self, lambda: start_verify(backup, request.user, trigger="api"), refused=(JobFailed,))
 
     @extend_schema(
         request=TestRestoreRequestSerializer,
@@ -354,11 +347,8 @@ class BackupViewSet(BackupZipActions, viewsets.ReadOnlyModelViewSet):  # type: i
             raise Http404
         body = TestRestoreRequestSerializer(data=request.data, context=self.get_serializer_context())
         body.is_valid(raise_exception=True)
-        try:
-            job = start_test_restore(backup, request.user, server=body.validated_data.get("server"), trigger="api")
-        except TargetBusy as exc:
-            return busy_response(exc)
-        except (TestRestoreRefused, JobFailed) as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        started = JobStartedSerializer({"job": job}, context=self.get_serializer_context())
-        return Response(started.data, status=status.HTTP_202_ACCEPTED)
+        server = body.validated_data.get("server")
+        return _job_started(
+            self, lambda: start_test_restore(backup, request.user, server=server, trigger="api"),
+            refused=(TestRestoreRefused, JobFailed),
+        )  # fmt: skip

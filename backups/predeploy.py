@@ -33,8 +33,6 @@ from django.utils import timezone
 from backups.models import Backup, BackupKind, BackupSettings
 from backups.services import (
     BACKUP_RUNS,
-    CUSTOM_DUMP_MAGIC,
-    DUMP_NAME,
     BackupFailed,
     BackupRun,
     _object_entry,
@@ -45,7 +43,7 @@ from deployments.models import Deployment
 from deployments.pipeline import Pipeline
 from monitoring.models import Event
 from panel.jobs.runner import JobContext, JobFailed
-from panel.remote import RemoteError
+from panel.remote import RemoteError, StreamResult
 
 HOOK_NAME = "backups.pre_deploy"
 EVENT_FAILED = "backup.pre_deploy_failed"
@@ -83,28 +81,19 @@ class PreDeployRun(BackupRun):
         path = self.deployment.db_snapshot["path"]
         size = int(self.deployment.db_snapshot.get("bytes") or 0)
         self.context.write(f"Storing the deploy's dump {path} ({size / 1e6:.1f} MB); it is not dumped again.")
-        head = bytearray()
-        written = 0
         started = time.monotonic()
-        with self.storage.writer(self.key(DUMP_NAME), expected_size=size, exact=True) as writer:
 
-            def sink(chunk: bytes) -> None:
-                nonlocal written
-                if len(head) < len(CUSTOM_DUMP_MAGIC):
-                    head.extend(chunk[: len(CUSTOM_DUMP_MAGIC)])
-                writer.write(chunk)
-                written += len(chunk)
-                self.context.progress("Storing the deploy's dump", written, max(size, written))
-
-            result = self.stream(["cat", "--", path], f"Reading {path}", sink=sink)
-            self.context.progress("Storing the deploy's dump", written, written, force=True)
-            if written != size or not bytes(head).startswith(CUSTOM_DUMP_MAGIC):
+        def is_the_snapshot(result: StreamResult, written: int, archive: bool) -> None:
+            if written != size or not archive:
                 raise BackupFailed(
                     f"{path} is not the dump the snapshot step wrote ({written} bytes read, {size} expected, "
-                    f"{'a' if bytes(head).startswith(CUSTOM_DUMP_MAGIC) else 'not a'} custom-format archive)."
+                    f"{'a' if archive else 'not a'} custom-format archive)."
                 )
-            stored = writer.close()
-        self.uploaded += stored.size
+
+        stored, result = self.stream_dump(
+            ["cat", "--", path], f"Reading {path}", "Storing the deploy's dump", expected=size, check=is_the_snapshot,
+            writer_options={"expected_size": size, "exact": True},
+        )  # fmt: skip
         self.context.write(f"Stored the deploy's dump: {_rate(result.bytes_out, time.monotonic() - started)}.")
         entry = _object_entry(stored, "database", compression="pg_dump's default")
         self.objects.append(entry)

@@ -384,12 +384,41 @@ class BackupRun(EnvironmentCommands):
             "pg_dump", "--format=custom", *option, "-U", facts["db_user"], "-d", facts["database"],
         )  # fmt: skip
         self.context.write(f"Dumping database {facts['database']} ({option[0]}) into the storage.")
-        head = bytearray()
         started = time.monotonic()
+
+        def is_a_dump(result: StreamResult, written: int, archive: bool) -> None:
+            if not archive:
+                raise BackupFailed(
+                    f"pg_dump exited 0 but wrote {result.bytes_out} bytes that are not a custom-format dump."
+                )
+
         # The last good dump's size is the best guess of this one's (pg_dump cannot say in advance).
-        expected = self.expected_dump_size()
+        stored, result = self.stream_dump(
+            argv, "pg_dump", "Dumping the database", expected=self.expected_dump_size(), check=is_a_dump,
+            close_stdin=False,
+        )  # fmt: skip
+        self.context.write(f"Dumped and stored the database: {_rate(result.bytes_out, time.monotonic() - started)}.")
+        entry = _object_entry(stored, "database", compression=option[0])
+        self.objects.append(entry)
+        return entry
+
+    def stream_dump(
+        self,
+        argv: Sequence[str],
+        what: str,
+        label: str,
+        *,
+        expected: int,
+        check: Callable[[StreamResult, int, bool], None],
+        writer_options: dict[str, Any] | None = None,
+        **stream_options: Any,
+    ) -> tuple[StoredObject, StreamResult]:
+        """Stream the custom-format dump that ``argv`` writes to its stdout into the storage (``database.dump``),
+        reporting progress under ``label`` against ``expected`` bytes (0: unknown). ``check(result, bytes written,
+        whether it starts like a custom-format archive)`` raises before the object is kept."""
+        head = bytearray()
         written = 0
-        with self.storage.writer(self.key(DUMP_NAME)) as writer:
+        with self.storage.writer(self.key(DUMP_NAME), **(writer_options or {})) as writer:
 
             def sink(chunk: bytes) -> None:
                 nonlocal written
@@ -397,20 +426,14 @@ class BackupRun(EnvironmentCommands):
                     head.extend(chunk[: len(CUSTOM_DUMP_MAGIC)])
                 writer.write(chunk)
                 written += len(chunk)
-                self.context.progress("Dumping the database", written, max(expected, written) if expected else None)
+                self.context.progress(label, written, max(expected, written) if expected else None)
 
-            result = self.stream(argv, "pg_dump", sink=sink, close_stdin=False)
-            self.context.progress("Dumping the database", written, written, force=True)
-            if not bytes(head).startswith(CUSTOM_DUMP_MAGIC):
-                raise BackupFailed(
-                    f"pg_dump exited 0 but wrote {result.bytes_out} bytes that are not a custom-format dump."
-                )
+            result = self.stream(argv, what, sink=sink, **stream_options)
+            self.context.progress(label, written, written, force=True)
+            check(result, written, bytes(head).startswith(CUSTOM_DUMP_MAGIC))
             stored = writer.close()
         self.uploaded += stored.size
-        self.context.write(f"Dumped and stored the database: {_rate(result.bytes_out, time.monotonic() - started)}.")
-        entry = _object_entry(stored, "database", compression=option[0])
-        self.objects.append(entry)
-        return entry
+        return stored, result
 
     def expected_dump_size(self) -> int:
         """The size of the environment's newest good dump (0 when there is none)."""
