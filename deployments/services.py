@@ -79,6 +79,16 @@ def _start(
         actor=actor,
         trigger=trigger,
     )
+    deployment = _new_deployment(environment, job, kind, ref, actor, trigger, source)
+    job.params["deployment_id"] = deployment.pk
+    job.save(update_fields=["params"])
+    return deployment
+
+
+def _new_deployment(
+    environment: Environment, job: Job, kind: str, ref: str, actor: Any, trigger: str, source: Deployment | None = None
+) -> Deployment:
+    """The deployment record ``job`` runs, and its audit entry."""
     deployment = Deployment.objects.create(
         environment=environment,
         job=job,
@@ -89,8 +99,6 @@ def _start(
         triggered_by=actor if getattr(actor, "is_authenticated", False) else None,
         trigger=trigger,
     )
-    job.params["deployment_id"] = deployment.pk
-    job.save(update_fields=["params"])
     record(
         action=f"environment.{kind}",
         actor=actor,
@@ -113,17 +121,7 @@ def deploy_within(context: JobContext, environment: Environment, actor: Any) -> 
     first): the deploy job's steps, recovery and records, in ``context``'s job and hold. Raises as a deploy job
     fails."""
     trigger = Trigger.API if context.job.trigger == "api" else Trigger.BUTTON
-    deployment = Deployment.objects.create(
-        environment=environment, job=context.job, kind=DeploymentKind.DEPLOY, ref=environment.git_ref,
-        previous=environment.current_deployment,
-        triggered_by=actor if getattr(actor, "is_authenticated", False) else None, trigger=trigger,
-    )  # fmt: skip
-    record(
-        action="environment.deploy",
-        actor=actor,
-        obj=environment,
-        detail={"job": context.job.pk, "deployment": deployment.pk, "ref": deployment.ref, "trigger": trigger},
-    )
+    deployment = _new_deployment(environment, context.job, DeploymentKind.DEPLOY, environment.git_ref, actor, trigger)
     context.job.params["deployment_id"] = deployment.pk  # what run_deployment reads; in memory only
     try:
         run_deployment(context)
