@@ -15,7 +15,8 @@ contribution names the kind of object it extends (``model``) and may give:
 - ``serializer_fields()``: read-only fields added to the object's representation (``customer_fields``: those that
   customers see too);
 - ``api_routes``: ``(prefix, viewset, basename)`` of the feature's own API collections, registered under
-  ``/api/v1/``; ``html_urls``: the dotted path of its HTML URL module, included at the root.
+  ``/api/v1/``; ``html_urls``: the dotted path of its HTML URL module, included at the root;
+  ``websocket_urls``: the dotted path of a module whose ``websocket_urlpatterns`` the ASGI router adds.
 
 Everything is iterated in one defined order: ``(order, name)``, lower first. Deployments use order 100; backups and
 monitoring should take 200 and 300 so that their sections follow.
@@ -57,6 +58,7 @@ class Contribution:
     customer_fields: ClassVar[Sequence[str]] = ()
     api_routes: ClassVar[Sequence[tuple[str, type, str]]] = ()
     html_urls: ClassVar[str] = ""
+    websocket_urls: ClassVar[str] = ""
 
     def context(self, page: Page) -> dict[str, Any]:
         """Variables this contribution's templates use (called for every page view)."""
@@ -150,8 +152,18 @@ def api_routes() -> list[tuple[str, type, str]]:
 
 def html_urls() -> list[str]:
     """The HTML URL modules of the contributions, in order (each appears once)."""
+    return _modules("html_urls")
+
+
+def websocket_urls() -> list[str]:
+    """The websocket URL modules of the contributions, in order (each appears once)."""
+    return _modules("websocket_urls")
+
+
+def _modules(attribute: str) -> list[str]:
     modules: list[str] = []
     for contribution in contributions():
-        if contribution.html_urls and contribution.html_urls not in modules:
-            modules.append(contribution.html_urls)
+        module = getattr(contribution, attribute)
+        if module and module not in modules:
+            modules.append(module)
     return modules
