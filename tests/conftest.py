@@ -6,13 +6,16 @@ Processes run against pytest-django's test database, so tests that use them need
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,58 @@ pytest_plugins = ["tests.lab.fixtures", "tests.deploy_fixtures", "tests.backup_f
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple 42"
+
+# Fixtures that hold the lab's hosts (tests.lab.fixtures): a test that uses one is a lab test.
+LAB_FIXTURES = {"lab1", "lab2", "lab_hosts_held", "lab_sample"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that holds the lab ``lab``, and split the suite in two groups for pytest-xdist's
+    ``--dist loadgroup`` (bin/run-tests): the lab's tests wait for each other anyway (one lab, one lock), so they run
+    in one process while the rest runs in another."""
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+            item.add_marker(pytest.mark.xdist_group("lab"))
+        else:
+            item.add_marker(pytest.mark.xdist_group("rest"))
+
+
+@contextmanager
+def shared_services(exclusive: bool) -> Iterator[None]:
+    """Hold the shared PostgreSQL and Redis servers for a test, across the processes of one pytest-xdist run:
+    shared by ordinary tests, exclusive for those that stop a server (``@pytest.mark.exclusive``), so a fault
+    test never breaks a test of the other process. Writers queue at a gate first, so readers cannot starve them.
+    Outside xdist there is nobody to share with."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        yield
+        return
+    base = Path(tempfile.gettempdir()) / f"doodba-panel-tests-{run}"
+    with open(f"{base}.gate", "a+") as gate, open(f"{base}.lock", "a+") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _shared_services(request: pytest.FixtureRequest) -> Iterator[None]:
+    """See ``shared_services``; taken before any function fixture (so always before the lab's lock)."""
+    from tests import services
+
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    with shared_services(exclusive):
+        services.EXCLUSIVE["held"] = exclusive
+        try:
+            yield
+        finally:
+            services.EXCLUSIVE["held"] = False
 
 
 def free_port() -> int:

@@ -9,6 +9,19 @@ from pathlib import Path
 
 from django.conf import settings
 
+# Set by tests/conftest.py while a test marked ``exclusive`` runs: only such a test may stop the shared servers
+# (with pytest-xdist, another process's tests are using them).
+EXCLUSIVE = {"held": False}
+
+
+def _require_exclusive(what: str) -> None:
+    if not EXCLUSIVE["held"]:
+        raise AssertionError(f"a test that stops the shared {what} must be marked @pytest.mark.exclusive")
+
+
+def _shared_redis(url: str | None) -> bool:
+    return url is None or redis_address(url) == redis_address(settings.REDIS_URL)
+
 
 def redis_address(url: str | None = None) -> tuple[str, int]:
     """Host and port of the Redis server at ``url`` (default: settings.REDIS_URL)."""
@@ -32,6 +45,8 @@ def redis_is_up(url: str | None = None) -> bool:
 
 def stop_redis(url: str | None = None, timeout: float = 10) -> None:
     """Shut the server down without saving (its data is gone, as after a crash of a cache-only Redis)."""
+    if _shared_redis(url):
+        _require_exclusive("Redis")
     redis_cli("shutdown", "nosave", url=url)
     deadline = time.monotonic() + timeout
     while redis_is_up(url):
@@ -71,6 +86,7 @@ def _postgres_cluster() -> list[str]:
 
 def stop_postgres() -> None:
     """Stop the test PostgreSQL server (every open connection breaks, as in a restart or a failover)."""
+    _require_exclusive("PostgreSQL")
     subprocess.run(["pg_ctlcluster", *_postgres_cluster(), "stop", "-m", "fast"], check=True, timeout=60)
 
 

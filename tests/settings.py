@@ -32,6 +32,15 @@ TEST_ENV = {
 for _name, _value in TEST_ENV.items():
     os.environ.setdefault(_name, _value)
 
+# pytest-xdist runs the suite in several processes (bin/run-tests: the lab's tests in one, the rest in another).
+# pytest-django gives each its own test database; each also gets its own Redis database (Celery queues, channel
+# groups, cache), so that one process's workers never take another's tasks. Child processes inherit the variable.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw") and "PANEL_TEST_REDIS_BASE" not in os.environ:
+    _base, _, _db = os.environ["REDIS_URL"].rpartition("/")
+    os.environ["PANEL_TEST_REDIS_BASE"] = os.environ["REDIS_URL"]
+    os.environ["REDIS_URL"] = f"{_base}/{int(_db or 0) + int(_worker[2:])}"
+
 from panel.settings import *  # noqa: E402,F403
 
 STORAGES = {

@@ -80,6 +80,7 @@ def assert_nothing_left(host: Any, job: Job, backup: Any) -> None:
     assert seqs == list(range(1, job.last_seq + 1)), "a log line was lost"
 
 
+@pytest.mark.exclusive
 def test_postgresql_stopped_longer_than_the_lease_interrupts_the_backup_and_ends_pg_dump(
     deployed, jobs_worker, monitoring_worker, lab1, local_root, users
 ) -> None:
@@ -102,6 +103,7 @@ def test_postgresql_stopped_longer_than_the_lease_interrupts_the_backup_and_ends
         assert_nothing_left(lab1, job, backup)
 
 
+@pytest.mark.exclusive
 def test_a_redis_restart_mid_backup_costs_nothing(deployed, jobs_worker, monitoring_worker, lab1, local_root, users):
     with table_locked(lab1) as holder:
         backup = backup_waiting_for_the_lock(deployed, lab1, users["alice"], local_root)

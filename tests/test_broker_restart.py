@@ -54,6 +54,7 @@ def wait_reconnected(worker: ManagedProcess, connects_before: int, timeout: floa
         time.sleep(0.2)
 
 
+@pytest.mark.exclusive
 def test_it_keeps_running_a_job_when_redis_restarts_and_takes_the_next_one(
     jobs_worker: ManagedProcess, orgs: dict[str, Any]
 ) -> None:
@@ -74,6 +75,7 @@ def test_it_keeps_running_a_job_when_redis_restarts_and_takes_the_next_one(
     assert_survived(jobs_worker, pid)
 
 
+@pytest.mark.exclusive
 @pytest.mark.lab
 def test_redis_restarted_mid_deploy_the_worker_lives_on_and_the_next_deploy_runs(
     deploy_env: Any, jobs_worker: ManagedProcess, monitoring_worker: ManagedProcess, live_server_url: str,

@@ -74,6 +74,7 @@ def assert_lines_complete(job: Job, marker: str) -> int:
     return max(ticks)
 
 
+@pytest.mark.exclusive
 def test_it_stops_a_deploy_whose_database_went_away_and_leaves_nothing_running(
     deploy_env, jobs_worker, monitoring_worker, live_server_url, lab1, lab_sample, users
 ) -> None:

@@ -319,6 +319,7 @@ def test_it_says_the_disk_is_full_when_a_prepare_cannot_take_the_servers_lock(
     assert again.status == "succeeded", again.reason
 
 
+@pytest.mark.exclusive
 def test_it_stops_a_prepare_whose_database_went_away_and_leaves_nothing_running(
     jobs_worker: Any, bare_lab1: Any, lab_sample: Any, demo_project: Any, docker_shim: DockerShim,
     users: dict[str, Any], orgs: dict[str, Any],
