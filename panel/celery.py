@@ -45,6 +45,7 @@ _keep_the_broker_address_of_collected_channels()
 app = Celery("panel")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["panel.jobs", "deployments", "backups", "monitoring"])
+app.autodiscover_tasks(["monitoring"], related_name="notify")  # alert deliveries and reminders
 
 
 @app.on_after_finalize.connect
@@ -68,5 +69,22 @@ def _periodic_tasks(sender: Celery, **_: object) -> None:
             "task": "backups.tasks.prune_backups",
             "schedule": settings.BACKUP_PRUNE_INTERVAL,
             "options": {"queue": "monitoring", "expires": settings.BACKUP_PRUNE_INTERVAL},
+        },
+        # Alerts: deliveries whose task was lost or whose worker died mid-send, and reminders of open incidents.
+        "deliver-notifications": {
+            "task": "monitoring.notify.deliver_due",
+            "schedule": settings.MONITOR_NOTIFY_SWEEP_INTERVAL,
+            "options": {"queue": "monitoring", "expires": settings.MONITOR_NOTIFY_SWEEP_INTERVAL},
+        },
+        "incident-reminders": {
+            "task": "monitoring.notify.send_reminders",
+            "schedule": 60.0,
+            "options": {"queue": "monitoring", "expires": 60},
+        },
+        # Hourly and daily rollups of the health samples, and pruning past retention (idempotent).
+        "monitoring-rollup": {
+            "task": "monitoring.tasks.rollup",
+            "schedule": settings.MONITOR_ROLLUP_INTERVAL,
+            "options": {"queue": "monitoring", "expires": settings.MONITOR_ROLLUP_INTERVAL},
         },
     }

@@ -249,6 +249,17 @@ BACKUP_MAX_PER_SERVER = envint("BACKUP_MAX_PER_SERVER", 2, minimum=1)
 BACKUP_SCHEDULE_INTERVAL = envint("BACKUP_SCHEDULE_INTERVAL", 60, minimum=1)
 BACKUP_PRUNE_INTERVAL = envint("BACKUP_PRUNE_INTERVAL", 3600, minimum=60)
 
+# Monitoring.
+# History: raw samples, hourly and daily rollups are kept this long; the rollup task runs every
+# MONITOR_ROLLUP_INTERVAL seconds. Public status pages are cached MONITOR_STATUS_CACHE_SECONDS; /metrics wants
+# "Authorization: Bearer <MONITOR_METRICS_TOKEN>" (unset: /metrics answers 404).
+MONITOR_RAW_RETENTION_HOURS = envint("MONITOR_RAW_RETENTION_HOURS", 24, minimum=2)
+MONITOR_HOURLY_RETENTION_DAYS = envint("MONITOR_HOURLY_RETENTION_DAYS", 30, minimum=2)
+MONITOR_DAILY_RETENTION_DAYS = envint("MONITOR_DAILY_RETENTION_DAYS", 400, minimum=2)
+MONITOR_ROLLUP_INTERVAL = envint("MONITOR_ROLLUP_INTERVAL", 300, minimum=10)
+MONITOR_STATUS_CACHE_SECONDS = envint("MONITOR_STATUS_CACHE_SECONDS", 30, minimum=0)
+MONITOR_METRICS_TOKEN = envstr("MONITOR_METRICS_TOKEN", "")
+
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")
 DEPLOY_BUILD_TIMEOUT = envfloat("DEPLOY_BUILD_TIMEOUT", 3600.0)
