@@ -328,6 +328,33 @@ PROXY_CERTIFICATE_WAIT = envfloat("PROXY_CERTIFICATE_WAIT", 60.0)
 # to let Traefik route it and for the proxy to get the certificate.
 DEPLOY_CERTIFICATE_WAIT = envfloat("DEPLOY_CERTIFICATE_WAIT", 120.0)
 
+# Monitoring: incidents and alerts (monitoring.incidents, monitoring.notify). N failures in a row open an incident,
+# M successes close it; reminders while one stays open (0: none), never more often than the minimum; e-mails and
+# webhooks are delivered by the monitoring queue with bounded, exponentially spaced attempts, each claimed for a
+# lease; a webhook whose URL resolves to loopback/private/link-local addresses is refused with the SSRF policy on.
+MONITOR_FAIL_THRESHOLD = envint("MONITOR_FAIL_THRESHOLD", 3, minimum=1)
+MONITOR_RECOVER_THRESHOLD = envint("MONITOR_RECOVER_THRESHOLD", 2, minimum=1)
+MONITOR_REMINDER_MINUTES = envint("MONITOR_REMINDER_MINUTES", 0, minimum=0)
+MONITOR_REMINDER_MIN_MINUTES = envint("MONITOR_REMINDER_MIN_MINUTES", 30, minimum=1)
+MONITOR_NOTIFY_ATTEMPTS = envint("MONITOR_NOTIFY_ATTEMPTS", 6, minimum=1)
+MONITOR_NOTIFY_BACKOFF = envfloat("MONITOR_NOTIFY_BACKOFF", 30.0)
+MONITOR_NOTIFY_TIMEOUT = envfloat("MONITOR_NOTIFY_TIMEOUT", 10.0)
+MONITOR_NOTIFY_LEASE = envint("MONITOR_NOTIFY_LEASE", 60, minimum=1)
+MONITOR_NOTIFY_SWEEP_INTERVAL = envint("MONITOR_NOTIFY_SWEEP_INTERVAL", 30, minimum=1)
+PANEL_BLOCK_PRIVATE_WEBHOOKS = envbool("PANEL_BLOCK_PRIVATE_WEBHOOKS", False)
+PANEL_URL = envstr("PANEL_URL", "")
+# Outgoing e-mail (alerts): Django's SMTP backend.
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = envstr("EMAIL_FROM", "doodba-panel@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
 # The most items one API list page returns, whatever ?limit= asks for.
 API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 1000, minimum=1)
 REST_FRAMEWORK = {
