@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-pytest_plugins = ["tests.lab.fixtures", "tests.deploy_fixtures", "tests.backup_fixtures"]
+pytest_plugins = ["tests.lab.fixtures", "tests.deploy_fixtures", "tests.backup_fixtures", "tests.monitoring_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple 42"

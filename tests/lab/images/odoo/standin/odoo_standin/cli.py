@@ -4,6 +4,12 @@
   database when missing, initialise it (stand-in tables ``ir_module_module``, ``ir_config_parameter``,
   ``ir_mail_server``, ``ir_cron``, ``ir_attachment``, ``res_lang``, ``res_users``) and install/update
   modules; without ``--stop-after-init`` the HTTP server then runs on 8069. Unknown options are accepted.
+* Port 8072 (Odoo's gevent port) answers ``/websocket`` (a real handshake, ``101``, when asked to upgrade) and
+  ``/longpolling/poll``. A lab fault: while the file ``$ODOO_STANDIN_CONTROL_DIR/8072.off`` (default
+  ``/tmp/odoo-standin``) exists, port 8072 stops listening (connections refused) and 8069 keeps answering;
+  removing it opens the port again (checked every 0.2 s).
+* ``ir_cron`` has what monitoring reads (``cron_name``, ``nextcall``, ``lastcall``, ``failure_count``,
+  ``first_failure_date``, as Odoo 17+); crons are never run, their ``nextcall`` starts a day ahead.
 * ``odoo neutralize -d DB``: what Odoo 16's neutralization does to a database copy.
 * ``odoo shell -d DB``: runs Python from stdin with ``cr`` (psycopg2 cursor) and ``env`` (None).
 """
@@ -11,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -22,6 +29,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -31,6 +39,7 @@ from . import common
 log_loading = common.get_logger("odoo.modules.loading")
 log_server = common.get_logger("odoo.service.server")
 log_odoo = common.get_logger("odoo")
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 
 SCHEMA = """
 CREATE TABLE ir_module_module (
@@ -45,7 +54,12 @@ CREATE TABLE res_users (id serial PRIMARY KEY, login varchar NOT NULL UNIQUE, ac
 CREATE TABLE ir_mail_server (
     id serial PRIMARY KEY, name varchar NOT NULL, smtp_host varchar, smtp_port integer,
     active boolean NOT NULL DEFAULT true);
-CREATE TABLE ir_cron (id serial PRIMARY KEY, name varchar NOT NULL, active boolean NOT NULL DEFAULT true);
+CREATE TABLE ir_cron (
+    id serial PRIMARY KEY, name varchar NOT NULL, active boolean NOT NULL DEFAULT true,
+    cron_name varchar GENERATED ALWAYS AS (name) STORED, interval_number integer NOT NULL DEFAULT 1,
+    interval_type varchar NOT NULL DEFAULT 'days',
+    nextcall timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC') + interval '1 day', lastcall timestamp,
+    failure_count integer NOT NULL DEFAULT 0, first_failure_date timestamp);
 CREATE TABLE ir_attachment (
     id serial PRIMARY KEY, name varchar, store_fname varchar, checksum varchar, file_size integer);
 INSERT INTO res_lang (code, name, active) VALUES ('en_US', 'English (US)', true);
@@ -266,6 +280,8 @@ class Handler(BaseHTTPRequestHandler):
                     self.send_json(500, {"status": "fail", "db_server_status": False})
                     return
             self.send_json(200, payload)
+        elif path == "/websocket" and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.accept_websocket()
         elif path in ("/websocket", "/longpolling/poll"):
             # Odoo's gevent port (8072) answers these; the stand-in says which port took the request.
             self.send_json(200, {"port": self.server.server_address[1], "path": path})
@@ -283,6 +299,27 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_html(200, "Database manager (lab stand-in)")
         else:
             self.send_html(404, "404: Not Found")
+
+    def accept_websocket(self) -> None:
+        """Answer a websocket handshake (RFC 6455) with ``101``, then hold the connection until the client leaves."""
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if not key or self.headers.get("Sec-WebSocket-Version") != "13":
+            self.send_html(400, "Bad websocket handshake")
+            return
+        accept = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.settimeout(60)
+        try:
+            while self.connection.recv(4096):
+                pass
+        except OSError:
+            pass
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -314,6 +351,32 @@ class Handler(BaseHTTPRequestHandler):
             self.send_html(404, "404: Not Found")
 
 
+def serve_gevent_port(port: int = 8072) -> None:
+    """Serve Odoo's second port, closed while the lab's fault file ``8072.off`` exists (see the module docstring)."""
+    off = Path(os.environ.get("ODOO_STANDIN_CONTROL_DIR", "/tmp/odoo-standin")) / "8072.off"
+    server: ThreadingHTTPServer | None = None
+    closed = warned = False
+    while True:
+        if off.exists() and server is not None:
+            server.shutdown()
+            server.server_close()
+            server, closed = None, True
+            log_server.warning("Port %d closed (lab fault: %s exists)", port, off)
+        elif not off.exists() and server is None:
+            try:
+                server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+            except OSError as exc:
+                if not warned:
+                    log_server.warning("Port %d unavailable: %s", port, exc)
+                    warned = True
+            else:
+                server.daemon_threads = True
+                threading.Thread(target=server.serve_forever, daemon=True).start()
+                if closed:
+                    log_server.info("Port %d open again", port)
+        time.sleep(0.2)
+
+
 def serve(port: int) -> None:
     """Run the HTTP server until SIGTERM/SIGINT."""
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
@@ -326,13 +389,7 @@ def serve(port: int) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     # Odoo's second port (gevent: /websocket, /longpolling) is served by the same handler.
-    try:
-        gevent = ThreadingHTTPServer(("0.0.0.0", 8072), Handler)
-    except OSError as exc:
-        log_server.warning("Port 8072 unavailable: %s", exc)
-    else:
-        gevent.daemon_threads = True
-        threading.Thread(target=gevent.serve_forever, daemon=True).start()
+    threading.Thread(target=serve_gevent_port, daemon=True).start()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
