@@ -389,6 +389,7 @@ SPECTACULAR_SETTINGS = {
         "CheckStatusEnum": "backups.models.CheckStatus",
         "EnvironmentKindEnum": "panel.inventory.choices.EnvironmentKind",
         "BackupKindEnum": "backups.models.BackupKind",
+        "ChannelKindEnum": "monitoring.models.ChannelKind",
     },
 }
 
