@@ -6,6 +6,8 @@ Each part of monitoring adds its ``Contribution`` subclass here and lists an ins
 from __future__ import annotations
 
 from monitoring.alert_api import IncidentViewSet, MaintenanceWindowViewSet, NotificationChannelViewSet
+from monitoring.metrics import install_process_hooks
+from monitoring.status_api import StatusPageViewSet
 from panel.extensions import Contribution
 
 
@@ -25,6 +27,21 @@ class Alerts(Contribution):
     html_urls = "monitoring.alert_urls"
 
 
+class StatusPages(Contribution):
+    """Status pages (``/status/...``, ``/api/v1/status-pages/``) and ``/metrics`` (``monitoring.status_urls``).
+    Status pages belong to organizations; the contribution hangs off the server model, like the alerts, and adds
+    nothing to the server page. Loading it also installs this process's metrics counting hooks."""
+
+    name = "monitoring.status"
+    model = "server"
+    order = 320
+    api_routes = (("status-pages", StatusPageViewSet, "status-page"),)
+    html_urls = "monitoring.status_urls"
+
+    def __init__(self) -> None:
+        install_process_hooks()
+
+
 def contributions() -> list[Contribution]:
     """The contributions ``MonitoringConfig.ready()`` registers."""
-    return [Alerts()]
+    return [Alerts(), StatusPages()]

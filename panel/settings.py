@@ -259,6 +259,8 @@ MONITOR_DAILY_RETENTION_DAYS = envint("MONITOR_DAILY_RETENTION_DAYS", 400, minim
 MONITOR_ROLLUP_INTERVAL = envint("MONITOR_ROLLUP_INTERVAL", 300, minimum=10)
 MONITOR_STATUS_CACHE_SECONDS = envint("MONITOR_STATUS_CACHE_SECONDS", 30, minimum=0)
 MONITOR_METRICS_TOKEN = envstr("MONITOR_METRICS_TOKEN", "")
+# Each process reports its SSH pool size to Redis with this TTL (a process gone for that long stops counting).
+MONITOR_METRICS_PROCESS_TTL = envint("MONITOR_METRICS_PROCESS_TTL", 120, minimum=10)
 
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")

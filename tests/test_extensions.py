@@ -247,4 +247,6 @@ def test_it_lists_deployments_as_the_environment_contribution() -> None:
     # Deployments (order 100) first, then backups (200) and its Odoo zips (210).
     assert names == ["deployments", "backups.environment", "backups.zips"]
     assert [c.name for c in extensions.contributions("project")] == ["deployments.webhooks", "deployments.answers"]
-    assert extensions.html_urls() == ["deployments.urls", "backups.urls"]
+    # Then monitoring's modules (order 300 and on).
+    assert extensions.html_urls()[:2] == ["deployments.urls", "backups.urls"]
+    assert all(module.startswith("monitoring.") for module in extensions.html_urls()[2:])

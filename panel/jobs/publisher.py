@@ -12,11 +12,23 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
+
+# Counting hooks (monitoring's Prometheus metrics add one): called with "sent" or "dropped" for every message.
+LISTENERS: list[Callable[[str], None]] = []
+
+
+def _counted(outcome: str) -> None:
+    for listener in LISTENERS:
+        try:
+            listener(outcome)
+        except Exception:  # counting never breaks a push
+            logger.debug("a publisher listener failed", exc_info=True)
 
 
 class _Publisher:
@@ -55,6 +67,9 @@ async def _drain(queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
         except Exception as exc:  # noqa: BLE001 - best effort: viewers catch up from the database
             # One line, not a traceback per push while Redis is away.
             logger.warning("could not push an update to channel group %s: %s", group, exc)
+            _counted("dropped")
+        else:
+            _counted("sent")
 
 
 PUBLISHER = _Publisher()

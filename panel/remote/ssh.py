@@ -264,6 +264,18 @@ class Connection:
         self.transport.close()
 
 
+# Counting hooks (monitoring's Prometheus metrics add one): called with the pool's size after every use or change.
+POOL_LISTENERS: list[Callable[[int], None]] = []
+
+
+def _report_pool_size(size: int) -> None:
+    for listener in POOL_LISTENERS:
+        try:
+            listener(size)
+        except Exception:  # counting never breaks a connection
+            logger.debug("an SSH pool listener failed", exc_info=True)
+
+
 class _Pool:
     """Connections of this process, keyed by target; reset after a fork (Celery prefork children)."""
 
@@ -273,6 +285,11 @@ class _Pool:
         self.pid = os.getpid()
 
     def get(self, target: Target) -> Connection:
+        connection = self._get(target)
+        _report_pool_size(len(self.connections))
+        return connection
+
+    def _get(self, target: Target) -> Connection:
         with self.lock:
             if self.pid != os.getpid():
                 self.connections = {}
@@ -291,12 +308,14 @@ class _Pool:
             if self.connections.get(connection.target.pool_key) is connection:
                 del self.connections[connection.target.pool_key]
         connection.close()
+        _report_pool_size(len(self.connections))
 
     def close_all(self) -> None:
         with self.lock:
             for connection in self.connections.values():
                 connection.close()
             self.connections = {}
+        _report_pool_size(0)
 
 
 POOL = _Pool()
