@@ -215,6 +215,7 @@ def queue_notifications(incident: Incident, kind: str, *, sequence: int = 0) -> 
             incident=incident, kind=kind, sequence=sequence, status=Notification.Status.PENDING
         ).values_list("id", flat=True)
     )
+
     def enqueue_all() -> None:
         for notification_id in ids:
             _enqueue(notification_id)
@@ -259,6 +260,7 @@ def deliver(notification_id: int) -> str:
         return "skipped"
     notification = Notification.objects.select_related("channel", "incident").get(pk=notification_id)
     channel = notification.channel
+    logger.info("notification %s: attempt %s to channel %s", notification.pk, notification.attempts, channel.pk)
     try:
         send(channel, notification)
     except DeliveryError as exc:

@@ -94,6 +94,7 @@ class SmtpServer:
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     rcpt_hold: float = 0.0
+    rcpt_calls: int = 0  # RCPT TO commands seen (a conversation in progress)
 
     def subjects(self) -> list[str]:
         with self.lock:
@@ -115,6 +116,7 @@ def smtp_server() -> Iterator[SmtpServer]:
 
     class Handler:
         async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+            smtp.rcpt_calls += 1
             if smtp.rcpt_hold:
                 await asyncio.sleep(smtp.rcpt_hold)
             envelope.rcpt_tos.append(address)
@@ -135,3 +137,70 @@ def smtp_server() -> Iterator[SmtpServer]:
         yield smtp
     finally:
         controller.stop()
+
+
+# Two real monitoring workers that deliver to these receivers ------------------------------------------------------
+
+
+def wait_for_new_log(proc: Any, offset: int, marker: str, timeout: float = 60.0) -> None:
+    """Wait for ``marker`` in what ``proc`` logged after ``offset`` (a restarted worker appends to its old log)."""
+    deadline = time.monotonic() + timeout
+    while marker not in proc.log_text()[offset:]:
+        if proc.process is not None and proc.process.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} never logged {marker!r}:\n{proc.log_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def start_worker(proc: Any, env: dict[str, str]) -> None:
+    """(Re)start a worker process with ``env`` on top of the test environment and wait until it consumes."""
+    proc.stop()
+    proc.env = env
+    offset = len(proc.log_text())
+    proc.start()
+    wait_for_new_log(proc, offset, "ready.")
+
+
+@dataclass
+class AlertWorkers:
+    """The session's monitoring worker and a second one, both with beat (the delivery sweep), both sending to the
+    test's SMTP server; ``smtp`` and ``webhooks`` are what they send to."""
+
+    workers: list[Any]
+    smtp: SmtpServer
+    webhooks: WebhookReceiver
+    env: dict[str, str]
+
+    def restart(self, proc: Any) -> None:
+        start_worker(proc, self.env)
+
+
+@contextmanager
+def alert_workers(monitoring_worker: Any, log_dir: Any, **settings: str) -> Iterator[AlertWorkers]:
+    """Run the session's monitoring worker and a second one (real Celery processes) configured for these tests
+    (the SMTP server's port, a 1 s delivery sweep, short leases and backoff); on exit the second one stops and the
+    session's worker is restarted with its usual environment."""
+    from tests.conftest import celery_worker
+
+    with smtp_server() as smtp, webhook_receiver() as webhooks:
+        env = {
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": smtp.host,
+            "EMAIL_PORT": str(smtp.port),
+            "EMAIL_TIMEOUT": "30",
+            "EMAIL_FROM": "alerts@panel.test",
+            "MONITOR_NOTIFY_SWEEP_INTERVAL": "1",
+            "MONITOR_NOTIFY_LEASE": "4",
+            "MONITOR_NOTIFY_BACKOFF": "1",
+            **settings,
+        }
+        usual_env = monitoring_worker.env
+        second = celery_worker("monitoring-2", "monitoring", log_dir, "-B", "-s", str(log_dir / "beat-schedule-2"))
+        try:
+            start_worker(monitoring_worker, env)
+            start_worker(second, env)
+            yield AlertWorkers([monitoring_worker, second], smtp, webhooks, env)
+        finally:
+            second.stop()
+            start_worker(monitoring_worker, usual_env or {})
