@@ -21,14 +21,15 @@ covers the environment, or a deploy or restore changes it, an incident is still 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from monitoring import checks
@@ -63,28 +64,65 @@ def observe(
     update its ``CheckState``, open an incident after N consecutive failures and close it after M successes."""
     at = at or timezone.now()
     status = CheckStatus(status)
-    fields: dict[str, Any] = {"status": status, "message": message, "value": value, "checked_at": at}
-    if details is not None:
-        fields["details"] = details
-    # changed_at moves only when the status does (compared with the stored status inside the same statement).
-    fields["changed_at"] = Case(When(~Q(status=status), then=Value(at)), default=F("changed_at"))
-    state, _ = CheckState.objects.get_or_create(environment=environment, name=name)
-    rows = CheckState.objects.filter(pk=state.pk)
-    if status == CheckStatus.UNKNOWN:
-        rows.update(**fields)
-        return
-    failing = status == CheckStatus.FAILING
-    with transaction.atomic():
-        if failing:
-            rows.update(consecutive_failures=F("consecutive_failures") + 1, consecutive_successes=0, **fields)
-        else:
-            rows.update(consecutive_successes=F("consecutive_successes") + 1, consecutive_failures=0, **fields)
-        # The row stays locked by our UPDATE until commit: this reads our own increment, not a neighbour's.
-        failures, successes = rows.values_list("consecutive_failures", "consecutive_successes").get()
-    if failing and failures >= settings.MONITOR_FAIL_THRESHOLD:
-        _failing(environment, name, message, at)
-    elif not failing and successes >= settings.MONITOR_RECOVER_THRESHOLD:
+    counters = _record_result(environment, name, status, message, value, details, at)
+    if counters is None:
+        return  # unknown: neither down nor recovered
+    failures, successes = counters
+    if status == CheckStatus.FAILING:
+        if failures >= settings.MONITOR_FAIL_THRESHOLD:
+            _failing(environment, name, message, at)
+    # Healthy checks look for an incident to close when they reach the threshold (the one observer that counted
+    # it), and again now and then as a safety net, not every cycle: steady state costs one statement per check.
+    elif successes == settings.MONITOR_RECOVER_THRESHOLD or (
+        successes > settings.MONITOR_RECOVER_THRESHOLD and successes % RECOVER_RECHECK_EVERY == 0
+    ):
         close_incident(environment, name, message, at)
+
+
+# An OK check past its recovery threshold re-checks for an open incident this often (in cycles).
+RECOVER_RECHECK_EVERY = 20
+
+_UPDATE_SQL = """
+UPDATE monitoring_checkstate SET
+    status = %(status)s, message = %(message)s, value = %(value)s, checked_at = %(at)s,
+    details = COALESCE(%(details)s::jsonb, details),
+    changed_at = CASE WHEN status <> %(status)s THEN %(at)s ELSE changed_at END,
+    consecutive_failures = CASE WHEN %(counted)s AND %(failing)s THEN consecutive_failures + 1
+                                WHEN %(counted)s THEN 0 ELSE consecutive_failures END,
+    consecutive_successes = CASE WHEN %(counted)s AND NOT %(failing)s THEN consecutive_successes + 1
+                                 WHEN %(counted)s THEN 0 ELSE consecutive_successes END
+WHERE environment_id = %(environment)s AND name = %(name)s
+RETURNING consecutive_failures, consecutive_successes
+"""
+
+
+def _record_result(
+    environment: Environment,
+    name: str,
+    status: CheckStatus,
+    message: str,
+    value: float | None,
+    details: dict[str, Any] | None,
+    at: datetime,
+) -> tuple[int, int] | None:
+    """Store the result and move the counters in one ``UPDATE ... RETURNING`` (the row lock orders concurrent
+    observers; each reads its own increment). Returns (failures, successes) in a row, or None for unknown."""
+    params = {
+        "status": str(status), "message": message, "value": value, "at": at,
+        "details": json.dumps(details) if details is not None else None,
+        "counted": status != CheckStatus.UNKNOWN, "failing": status == CheckStatus.FAILING,
+        "environment": environment.pk, "name": name,
+    }  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_UPDATE_SQL, params)
+        row = cursor.fetchone()
+        if row is None:  # the check's first result: create its row (a concurrent first one may win), then count
+            CheckState.objects.get_or_create(environment=environment, name=name, defaults={"changed_at": at})
+            cursor.execute(_UPDATE_SQL, params)
+            row = cursor.fetchone()
+    if status == CheckStatus.UNKNOWN:
+        return None
+    return int(row[0]), int(row[1])
 
 
 def _failing(environment: Environment, name: str, message: str, at: datetime) -> None:

@@ -228,3 +228,11 @@ def test_it_puts_incidents_and_job_outcomes_on_one_timeline(env: Any, inventory:
     ]
     assert events[2]["job_id"] == failed.pk and events[2]["detail"] == "build failed"
     assert timeline([env.pk], since=timezone.now()) == []
+
+
+def test_it_costs_one_statement_per_healthy_result(env: Any, django_assert_num_queries: Any) -> None:
+    cycles(env, OK, 3)
+    with django_assert_num_queries(1):
+        observe(env, checks.AVAILABILITY, OK, "fine")
+    with django_assert_num_queries(1):
+        observe(env, checks.AVAILABILITY, UNKNOWN, "server unreachable")
