@@ -5,7 +5,8 @@
   viewers read them, customers never see them. A channel's ``secret`` is write-only (``secret_set`` says whether one
   is stored), and a webhook's URL is shown as its scheme and host only (Slack's URLs are credentials).
 - Incidents: everyone who may see the environment; customers (through the same ``for_user``) see the incidents of
-  their own organization's environments, without the staff notes of the timeline.
+  their own organization's environments, without the checks' messages (they may name servers) and the staff
+  notes of the timeline.
 
 Objects outside ``for_user(..., action)`` answer 404, like unknown ids.
 """
@@ -44,7 +45,22 @@ from panel.validators import unstorable_text
 
 SECRET_RE = r"^[\x21-\x7e]{16,256}$"
 MAX_WINDOW = timedelta(days=31)
-CUSTOMER_UPDATE_KINDS = ("opened", "update", "closed")
+# What customers read on an incident's timeline: the kinds they see, in words of their own (a check's message may
+# name the server or its addresses, which customers never see).
+CUSTOMER_WORDS = {
+    "opened": "The problem was detected; the hosting team is told.",
+    "update": "Still failing, for another reason.",
+    "closed": "Resolved: it works again.",
+}
+
+
+def customer_timeline(updates: list[IncidentUpdate]) -> list[dict[str, Any]]:
+    """An incident's timeline as customers see it (no staff notes, no check messages)."""
+    return [
+        {"at": update.at, "kind": update.kind, "message": CUSTOMER_WORDS[update.kind]}
+        for update in updates
+        if update.kind in CUSTOMER_WORDS
+    ]
 
 
 def masked_target(channel: NotificationChannel) -> str:
@@ -282,8 +298,8 @@ class IncidentUpdateSerializer(serializers.ModelSerializer):  # type: ignore[typ
 class IncidentSerializer(CustomerViewMixin, serializers.ModelSerializer):  # type: ignore[type-arg]
     """An incident: a check of an environment that failed several cycles in a row, until it recovered."""
 
-    customer_fields = ("id", "environment", "check_name", "title", "message", "severity", "opened_at", "closed_at",
-                       "open", "updates")  # fmt: skip
+    customer_fields = ("id", "environment", "check_name", "title", "severity", "opened_at", "closed_at", "open",
+                       "updates")  # fmt: skip
     open = serializers.SerializerMethodField(help_text="Not closed yet.")
     updates = serializers.SerializerMethodField(help_text="The timeline, oldest first.")
 
@@ -300,7 +316,7 @@ class IncidentSerializer(CustomerViewMixin, serializers.ModelSerializer):  # typ
     def get_updates(self, obj: Incident) -> list[dict[str, Any]]:
         updates = list(obj.updates.all())
         if not self.shows_details(obj):
-            updates = [update for update in updates if update.kind in CUSTOMER_UPDATE_KINDS]
+            updates = customer_timeline(updates)  # type: ignore[assignment]
         return IncidentUpdateSerializer(updates, many=True).data  # type: ignore[return-value]
 
 

@@ -21,7 +21,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from monitoring.alert_api import CUSTOMER_UPDATE_KINDS, MAX_WINDOW, end_window, masked_target, visible_incidents
+from monitoring.alert_api import MAX_WINDOW, customer_timeline, end_window, masked_target, visible_incidents
 from monitoring.models import ChannelKind, Incident, MaintenanceWindow, NotificationChannel
 from monitoring.notify import send_test, validate_target
 from panel.accounts.choices import Action
@@ -301,10 +301,12 @@ def incident_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def incident_detail(request: HttpRequest, incident_id: int) -> HttpResponse:
-    """One incident and its timeline (customers: without the staff notes)."""
+    """One incident and its timeline (customers: in general words, without the staff notes)."""
     incident: Incident = get_for_user(visible_incidents(request.user), request.user, Action.VIEW, pk=incident_id)
     staff = can(request.user, Action.VIEW_DETAILS, incident)
-    updates = [update for update in incident.updates.all() if staff or update.kind in CUSTOMER_UPDATE_KINDS]
+    updates: list[Any] = list(incident.updates.all())
+    if not staff:
+        updates = customer_timeline(updates)
     deliveries = incident.notifications.select_related("channel").order_by("created_at", "id") if staff else []
     return render(
         request,
