@@ -258,8 +258,15 @@ def deliver(notification_id: int) -> str:
     lease = claim(notification_id)
     if lease is None:
         return "skipped"
-    notification = Notification.objects.select_related("channel", "incident").get(pk=notification_id)
+    notification = Notification.objects.select_related("channel", "incident").filter(pk=notification_id).first()
+    if notification is None:
+        return "skipped"  # its channel was deleted meanwhile
     channel = notification.channel
+    if not channel.enabled and notification.kind != "test":
+        Notification.objects.filter(pk=notification.pk, claimed_until=lease).update(
+            status=Notification.Status.FAILED, claimed_until=None, last_error="The channel was disabled."
+        )
+        return Notification.Status.FAILED
     logger.info("notification %s: attempt %s to channel %s", notification.pk, notification.attempts, channel.pk)
     try:
         send(channel, notification)

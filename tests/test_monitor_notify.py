@@ -197,3 +197,14 @@ def test_it_refuses_private_webhook_targets_with_the_ssrf_policy(orgs: Any, sett
 def test_it_refuses_bad_targets(kind: str, target: str) -> None:
     with pytest.raises(ValidationError):
         validate_target(kind, target)
+
+
+def test_it_sends_nothing_through_a_channel_disabled_meanwhile(env: Any, orgs: Any) -> None:
+    mail = channel(orgs["a"], "email", "ops@example.com")
+    row = Notification.objects.get(incident=open_incident(env))
+    NotificationChannel.objects.filter(pk=mail.pk).update(enabled=False)
+    assert deliver(row.pk) == "failed"
+    row.refresh_from_db()
+    assert row.last_error == "The channel was disabled." and row.sent_at is None
+    NotificationChannel.objects.filter(pk=mail.pk).delete()
+    assert deliver(row.pk) == "skipped"
