@@ -5,10 +5,34 @@ Each part of monitoring adds its ``Contribution`` subclass here and lists an ins
 
 from __future__ import annotations
 
+from typing import Any
+
 from monitoring.alert_api import IncidentViewSet, MaintenanceWindowViewSet, NotificationChannelViewSet
 from monitoring.metrics import install_process_hooks
 from monitoring.status_api import StatusPageViewSet
-from panel.extensions import Contribution
+from panel.extensions import Contribution, Page
+
+
+class EnvironmentMonitoring(Contribution):
+    """Monitoring's routes: the HTML pages (``monitoring.urls``) and the websockets (``monitoring.ws_urls``)."""
+
+    name = "monitoring.environment"
+    model = "environment"
+    order = 300
+    html_urls = "monitoring.urls"
+    websocket_urls = "monitoring.ws_urls"
+
+
+class EnvironmentLogs(Contribution):
+    """The *Logs* button of the environment page (staff: customers never see application logs)."""
+
+    name = "monitoring.logs"
+    model = "environment"
+    order = 310
+    templates = {"actions": "monitoring/_logs_action.html"}
+
+    def context(self, page: Page) -> dict[str, Any]:
+        return {"logs_visible": page.show_details}
 
 
 class Alerts(Contribution):
@@ -44,4 +68,4 @@ class StatusPages(Contribution):
 
 def contributions() -> list[Contribution]:
     """The contributions ``MonitoringConfig.ready()`` registers."""
-    return [Alerts(), StatusPages()]
+    return [EnvironmentMonitoring(), EnvironmentLogs(), Alerts(), StatusPages()]

@@ -1,5 +1,9 @@
 """Monitoring's websocket routes (added to ``panel.routing`` through ``monitoring.extensions``)."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-websocket_urlpatterns: list = []  # type: ignore[type-arg]
+from monitoring.log_consumers import ContainerLogConsumer
+
+websocket_urlpatterns: list = [  # type: ignore[type-arg]
+    path("ws/environments/<int:environment_id>/logs/<str:service>/", ContainerLogConsumer.as_asgi()),
+]

@@ -261,6 +261,25 @@ MONITOR_STATUS_CACHE_SECONDS = envint("MONITOR_STATUS_CACHE_SECONDS", 30, minimu
 MONITOR_METRICS_TOKEN = envstr("MONITOR_METRICS_TOKEN", "")
 # Each process reports its SSH pool size to Redis with this TTL (a process gone for that long stops counting).
 MONITOR_METRICS_PROCESS_TTL = envint("MONITOR_METRICS_PROCESS_TTL", 120, minimum=10)
+# Live container logs (monitoring.logs): a new viewer gets the last MONITOR_LOG_TAIL_LINES lines, the browser keeps
+# MONITOR_LOG_BROWSER_LINES; one follower per (environment, service) appends to a Redis Stream of at most
+# MONITOR_LOG_STREAM_LINES lines, kept MONITOR_LOG_RESUME_SECONDS after its last line (a reconnect within that
+# loses nothing). Viewers renew their entry every MONITOR_LOG_HEARTBEAT_SECONDS (stale after
+# MONITOR_LOG_VIEWER_TIMEOUT_SECONDS); the follower ends MONITOR_LOG_LINGER_SECONDS after the last viewer left, or
+# when its lease (MONITOR_LOG_LEASE_SECONDS) lapses. A socket frame carries at most MONITOR_LOG_FRAME_LINES lines;
+# MONITOR_LOG_BATCH_SECONDS > 0 spaces frames by that much (0: send what arrived as soon as the previous frame left).
+MONITOR_LOG_TAIL_LINES = envint("MONITOR_LOG_TAIL_LINES", 200, minimum=0)
+MONITOR_LOG_BROWSER_LINES = envint("MONITOR_LOG_BROWSER_LINES", 5000, minimum=100)
+MONITOR_LOG_STREAM_LINES = envint("MONITOR_LOG_STREAM_LINES", 20000, minimum=100)
+MONITOR_LOG_RESUME_SECONDS = envint("MONITOR_LOG_RESUME_SECONDS", 600, minimum=10)
+MONITOR_LOG_HEARTBEAT_SECONDS = envfloat("MONITOR_LOG_HEARTBEAT_SECONDS", 1.0)
+MONITOR_LOG_VIEWER_TIMEOUT_SECONDS = envfloat("MONITOR_LOG_VIEWER_TIMEOUT_SECONDS", 5.0)
+MONITOR_LOG_LINGER_SECONDS = envfloat("MONITOR_LOG_LINGER_SECONDS", 2.0)
+MONITOR_LOG_LEASE_SECONDS = envfloat("MONITOR_LOG_LEASE_SECONDS", 10.0)
+MONITOR_LOG_FRAME_LINES = envint("MONITOR_LOG_FRAME_LINES", 1000, minimum=1)
+MONITOR_LOG_BATCH_SECONDS = envfloat("MONITOR_LOG_BATCH_SECONDS", 0.0)
+MONITOR_LOG_RETRY_SECONDS = envfloat("MONITOR_LOG_RETRY_SECONDS", 2.0)
+MONITOR_LOG_COMMAND_TIMEOUT = envfloat("MONITOR_LOG_COMMAND_TIMEOUT", 30.0)
 
 # Deployments.
 DEPLOY_ROOT = envstr("DEPLOY_ROOT", "doodba-panel")

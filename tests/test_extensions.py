@@ -199,7 +199,11 @@ def test_it_serves_a_second_contribution_in_the_api_with_the_environment_scoping
         own = api_for(users["bob"]).post(f"/api/v1/environments/{other.pk}/note/")
         deploy_schema = api_for(users["alice"]).get("/api/v1/schema/?format=json").json()
     assert staff["notes"] == "note for prod"
-    assert list(staff)[-3:] == ["webhook_url", "notes", "created_at"]  # contributed fields in order
+    # Contributed fields in order (deployments 100, notes 150, monitoring 300 and on), before created_at.
+    assert [name for name in staff if name in ("webhook_url", "notes", "health_state", "created_at")] == [
+        "webhook_url", "notes", "health_state", "created_at",
+    ]  # fmt: skip
+    assert list(staff)[-1] == "created_at"
     assert customer["notes"] == "note for prod" and "webhook_url" not in customer
     assert (noted.status_code, noted.json()) == (202, {"noted": "prod"})
     assert viewer.status_code == 404 and foreign.status_code == 404  # get_object keeps the change scope
@@ -244,8 +248,9 @@ def test_it_refuses_a_contribution_that_reuses_a_page_variable(users: Any, inven
 
 def test_it_lists_deployments_as_the_environment_contribution() -> None:
     names = [contribution.name for contribution in extensions.contributions("environment")]
-    # Deployments (order 100) first, then backups (200) and its Odoo zips (210).
-    assert names == ["deployments", "backups.environment", "backups.zips"]
+    # Deployments (order 100) first, then backups (200) and its Odoo zips (210), then monitoring's (300 and on).
+    assert names[:3] == ["deployments", "backups.environment", "backups.zips"]
+    assert all(name.startswith("monitoring.") for name in names[3:])
     assert [c.name for c in extensions.contributions("project")] == ["deployments.webhooks", "deployments.answers"]
     # Then monitoring's modules (order 300 and on).
     assert extensions.html_urls()[:2] == ["deployments.urls", "backups.urls"]
