@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from monitoring.alert_api import IncidentViewSet, MaintenanceWindowViewSet, NotificationChannelViewSet
+from monitoring.dashboard_views import environment_health_context
+from monitoring.health_api import EnvironmentHealthActions, environment_fields
 from monitoring.metrics import install_process_hooks
 from monitoring.status_api import StatusPageViewSet
 from panel.extensions import Contribution, Page
@@ -33,6 +35,24 @@ class EnvironmentLogs(Contribution):
 
     def context(self, page: Page) -> dict[str, Any]:
         return {"logs_visible": page.show_details}
+
+
+class EnvironmentHealthSection(Contribution):
+    """The *Health* section of the environment page (live state, uptimes, checks, incidents, charts), the health
+    fields of the environment API and its ``health`` / ``health-history`` routes (``monitoring.health_api``)."""
+
+    name = "monitoring.health"
+    model = "environment"
+    order = 300
+    templates = {"sections": "monitoring/_environment_health.html"}
+    viewset_mixins = (EnvironmentHealthActions,)
+    customer_fields = ("health_state", "uptime")
+
+    def context(self, page: Page) -> dict[str, Any]:
+        return environment_health_context(page.request, page.obj, show_details=page.show_details)
+
+    def serializer_fields(self) -> dict[str, Any]:
+        return environment_fields()
 
 
 class Alerts(Contribution):
@@ -68,4 +88,4 @@ class StatusPages(Contribution):
 
 def contributions() -> list[Contribution]:
     """The contributions ``MonitoringConfig.ready()`` registers."""
-    return [EnvironmentMonitoring(), EnvironmentLogs(), Alerts(), StatusPages()]
+    return [EnvironmentMonitoring(), EnvironmentHealthSection(), EnvironmentLogs(), Alerts(), StatusPages()]

@@ -3,8 +3,10 @@
 from django.urls import path
 
 from monitoring import log_views
+from monitoring.dashboard_views import dashboard
 
 urlpatterns: list = [  # type: ignore[type-arg]
+    path("dashboard/", dashboard, name="dashboard"),
     path("environments/<int:environment_id>/logs/", log_views.environment_logs, name="environment_logs"),
     path(
         "environments/<int:environment_id>/logs/<str:service>/",

@@ -410,6 +410,8 @@ SPECTACULAR_SETTINGS = {
         "CheckStatusEnum": "backups.models.CheckStatus",
         "EnvironmentKindEnum": "panel.inventory.choices.EnvironmentKind",
         "BackupKindEnum": "backups.models.BackupKind",
+        "JobKindEnum": "panel.jobs.choices.JobKind",
+        "HealthStateEnum": "monitoring.models.HealthState",
         "ChannelKindEnum": "monitoring.models.ChannelKind",
     },
 }

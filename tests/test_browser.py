@@ -51,7 +51,7 @@ def log_in(page: Page, base_url: str, username: str) -> None:
     page.locator("#id_username").fill(username)
     page.locator("#id_password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base_url}/servers/")
+    page.wait_for_url(f"{base_url}/dashboard/")
 
 
 @pytest.mark.browser

@@ -48,7 +48,7 @@ def log_in(page: Page, base_url: str, username: str) -> None:
     page.locator("#id_username").fill(username)
     page.locator("#id_password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/(servers|projects)/$"))
+    page.wait_for_url(re.compile(r"/(dashboard|projects)/$"))
 
 
 @pytest.mark.browser

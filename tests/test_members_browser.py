@@ -47,7 +47,7 @@ def test_it_invites_a_customer_who_joins_from_another_browser(
     page.locator("#id_username").fill("alice")
     page.locator("#id_password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{live_server_url}/servers/")
+    page.wait_for_url(f"{live_server_url}/dashboard/")
 
     # Create the customer organization.
     page.get_by_role("link", name="Organizations").click()

@@ -70,7 +70,7 @@ def test_it_logs_in_with_a_totp_code_in_the_browser(
     assert page.get_by_text("That code is not right").is_visible()
     page.locator("#id_code").fill(totp_code(device, 1))
     page.get_by_role("button", name="Verify").click()
-    page.wait_for_url(f"{live_server_url}/servers/")
+    page.wait_for_url(f"{live_server_url}/dashboard/")
     assert page.get_by_role("button", name="Add server").is_visible()
     assert AuditEvent.objects.filter(action="two_factor.failed", actor_name="lab-owner").count() == 1
     assert AuditEvent.objects.filter(action="login.succeeded", actor=user).count() == 1
@@ -108,7 +108,7 @@ def test_it_makes_required_staff_enroll_in_the_browser_and_leaves_customers_alon
     assert codes.count() == 10
     assert re.fullmatch(r"[a-z0-9]{4}(-[a-z0-9]{4}){3}", codes.first.inner_text().strip())
     page.get_by_role("button", name="I saved them, continue").click()
-    page.wait_for_url(f"{live_server_url}/servers/")
+    page.wait_for_url(f"{live_server_url}/dashboard/")
     assert TotpDevice.objects.get(user__username="lab-operator").confirmed
     assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
 

@@ -163,9 +163,9 @@ def test_it_shows_a_customer_only_the_status_of_her_project(users: Any, inventor
     assert "Deploy: succeeded" in html
 
 
-def test_it_sends_a_customer_home_to_projects_and_staff_to_servers(users: Any) -> None:
+def test_it_sends_a_customer_home_to_projects_and_staff_to_the_dashboard(users: Any) -> None:
     assert client_for(users["carol"]).get("/").url == reverse("project_list")
-    assert client_for(users["victor"]).get("/").url == reverse("server_list")
+    assert client_for(users["victor"]).get("/").url == reverse("dashboard")
 
 
 def test_it_lets_a_viewer_see_but_not_change(users: Any, inventory: Any, jobs: Any) -> None:

@@ -21,7 +21,7 @@ from django.db import IntegrityError
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -83,11 +83,15 @@ class PanelLogoutView(LogoutView):
 @require_GET
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    """Staff roles start on their servers, customers on their projects."""
+    """Staff roles start on the fleet dashboard (when monitoring is installed; else their servers), customers on
+    their projects. The dashboard is looked up by URL name: accounts imports no feature app."""
     organization = current_organization(request)
     role = role_in(request.user, organization) if organization else None
     if role in ("owner", "operator", "viewer"):
-        return redirect("server_list")
+        try:
+            return redirect(reverse("dashboard"))
+        except NoReverseMatch:
+            return redirect("server_list")
     return redirect("project_list")
 
 

@@ -69,10 +69,7 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         user = self.scope.get("user")
         session = self.scope.get("session")
-        if user is None or not user.is_authenticated or session is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        if not await database_sync_to_async(is_fully_authenticated)(user, session):
+        if await connect_refusal(self.scope) is not None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
@@ -221,15 +218,8 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def _access_verdict(self) -> int | None:
         """None while the session still holds the same, fully signed-in user who may see the job; else a code."""
-        if not self.session_key:
-            return CLOSE_UNAUTHENTICATED
-        engine = import_module(settings.SESSION_ENGINE)
-        # A fresh store: the scope's one keeps what it read at connect, a logout deletes the stored session.
-        session = engine.SessionStore(session_key=self.session_key)
-        user = await get_user({"session": session})
-        if not user.is_authenticated or user.pk != self.user_id or not user.is_active:
-            return CLOSE_UNAUTHENTICATED
-        if not await database_sync_to_async(is_fully_authenticated)(user, session):
+        user = await session_user(self.session_key, self.user_id)
+        if user is None:
             return CLOSE_UNAUTHENTICATED
         if not await self._may_see(user):
             return CLOSE_FORBIDDEN
@@ -261,6 +251,34 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             "reason": job.reason,
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         }
+
+
+async def connect_refusal(scope: dict[str, Any]) -> int | None:
+    """``CLOSE_UNAUTHENTICATED`` unless the socket's scope carries a session of a fully signed-in user (past every
+    login step such as the second factor); None when it does. Every panel socket asks this before anything else."""
+    user = scope.get("user")
+    session = scope.get("session")
+    if user is None or not user.is_authenticated or session is None:
+        return CLOSE_UNAUTHENTICATED
+    if not await database_sync_to_async(is_fully_authenticated)(user, session):
+        return CLOSE_UNAUTHENTICATED
+    return None
+
+
+async def session_user(session_key: str | None, user_id: int) -> Any | None:
+    """The user the stored session ``session_key`` still holds, if it is ``user_id``, active and fully signed in;
+    None otherwise (logged out, another user, deactivated). Open sockets re-check their access with it."""
+    if not session_key:
+        return None
+    engine = import_module(settings.SESSION_ENGINE)
+    # A fresh store: the scope's one keeps what it read at connect, a logout deletes the stored session.
+    session = engine.SessionStore(session_key=session_key)
+    user = await get_user({"session": session})
+    if not user.is_authenticated or user.pk != user_id or not user.is_active:
+        return None
+    if not await database_sync_to_async(is_fully_authenticated)(user, session):
+        return None
+    return user
 
 
 def _record_denied(user: Any, job_id: int) -> None:
