@@ -175,6 +175,19 @@ class AlertWorkers:
     def restart(self, proc: Any) -> None:
         start_worker(proc, self.env)
 
+    def reset(self) -> None:
+        """Forget what earlier tests received (the workers are shared by a module's tests)."""
+        with self.smtp.lock:
+            self.smtp.messages.clear()
+            self.smtp.envelopes.clear()
+        self.smtp.rcpt_hold, self.smtp.rcpt_calls = 0.0, 0
+        with self.webhooks.lock:
+            self.webhooks.requests.clear()
+        self.webhooks.status, self.webhooks.hold = 200, 0.0
+        for proc in self.workers:
+            if proc.process is None or proc.process.poll() is not None:
+                self.restart(proc)
+
 
 @contextmanager
 def alert_workers(monitoring_worker: Any, log_dir: Any, **settings: str) -> Iterator[AlertWorkers]:

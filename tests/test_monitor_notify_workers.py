@@ -21,10 +21,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SECRET = "workers-signing-secret-0123"
 
 
-@pytest.fixture
-def workers(monitoring_worker: Any, process_logs: Path) -> Iterator[AlertWorkers]:
+@pytest.fixture(scope="module")
+def module_workers(monitoring_worker: Any, process_logs: Path) -> Iterator[AlertWorkers]:
     with alert_workers(monitoring_worker, process_logs) as running:
         yield running
+
+
+@pytest.fixture
+def workers(module_workers: AlertWorkers) -> AlertWorkers:
+    module_workers.reset()
+    return module_workers
 
 
 @pytest.fixture
@@ -88,4 +94,3 @@ def test_it_delivers_once_when_the_sending_worker_is_killed_mid_send(env: Any, w
     row.refresh_from_db()
     assert row.status == "sent" and row.attempts == 2
     assert Incident.objects.get().closed_at is None
-    workers.restart(sender)
