@@ -4,13 +4,18 @@ Three layers, each kept ``MONITOR_*_RETENTION_*``: raw ``Sample`` rows (24 h), h
 daily ones (400 d); the same for servers (``ServerSample``, ``ServerRollup``). ``rollup()`` (the periodic task
 ``monitoring.tasks.rollup``) builds hourly rollups from samples and daily ones from hourly ones, then prunes.
 
-Readers never mix layers for the same instant. With ``B`` the start of the oldest hour that raw samples still
-cover completely (``trunc_hour(now - raw retention)``) and ``D`` the start of ``B``'s day:
+Readers never mix layers for the same instant. Hourly rollups are built for whole hours once they ended; an
+environment's *edge* is the end of its newest hourly rollup (or ``B`` without one), with ``B`` the start of the
+oldest hour that raw samples still cover completely (``trunc_hour(now - raw retention)``) and ``D`` the start of
+``B``'s day:
 
-- samples answer for ``[B, now]``;
-- hourly rollups for ``[D, B)`` (and for ``[start of the window, B)`` when a window is shorter than the hourly
+- samples answer after the edge (and for the first partial hour of a window shorter than the raw retention);
+- hourly rollups up to the edge, from ``D`` (or from the window's first hour when it is within the hourly
   retention);
 - daily rollups for everything before ``D``.
+
+So an uptime or a bar costs about 24 hourly rows, the daily rows and the newest minutes of samples per environment,
+not a day of samples.
 
 Uptime is ``up / (up + degraded + down)``: unknown (the panel could not look) and maintenance are left out of both
 sides, so an unreachable server never costs its customers uptime. Days are UTC days.
@@ -75,8 +80,42 @@ def _ids(environment_ids: Iterable[int]) -> list[int]:
 
 
 # Counts per source row: samples count one each, rollups carry their counts.
-_SAMPLE_COUNTS = "(state = 'up')::int AS up, (state = 'degraded')::int AS degraded, (state = 'down')::int AS down"
 _ROLLUP_COUNTS = "up, degraded, down"
+
+
+# Per environment, where its hourly rollups end (the newest one's start + 1 hour; hourly rollups exist only for
+# hours that had ended when they were built) and so where its samples take over; never before B.
+_EDGE = """
+    edge AS (
+        SELECT e.id AS environment_id,
+               GREATEST(COALESCE(newest.start + interval '1 hour', %(raw)s), %(raw)s) AS b
+          FROM unnest(%(ids)s::bigint[]) AS e(id)
+          LEFT JOIN LATERAL (
+              SELECT r.start FROM monitoring_rollup r
+               WHERE r.environment_id = e.id AND r.period = 'hour' ORDER BY r.start DESC LIMIT 1
+          ) AS newest ON true
+    )
+"""
+# Samples after each environment's edge (LATERAL: one index range per environment).
+_NEWEST_SAMPLES = """
+    SELECT edge.environment_id, 's' AS src, x.at AS ts, x.up, x.degraded, x.down
+      FROM edge CROSS JOIN LATERAL (
+          SELECT s.at, (s.state = 'up')::int AS up, (s.state = 'degraded')::int AS degraded,
+                 (s.state = 'down')::int AS down
+            FROM monitoring_sample s WHERE s.environment_id = edge.environment_id AND s.at >= edge.b
+          OFFSET 0  -- keeps it a per-environment index range (not pulled up into a join over every sample)
+      ) AS x
+"""
+
+
+def _ceil_hour(at: datetime) -> datetime:
+    floor = _trunc_hour(at)
+    return floor if floor == at else floor + timedelta(hours=1)
+
+
+def _ceil_day(at: datetime) -> datetime:
+    floor = _trunc_day(at)
+    return floor if floor == at else floor + timedelta(days=1)
 
 
 def uptime(
@@ -84,9 +123,11 @@ def uptime(
 ) -> dict[int, dict[str, float | None]]:
     """Uptime (0..1, None when nothing was measured) per environment and window, in one query.
 
-    A window newer than ``B`` reads samples only; one within the hourly retention reads hourly rollups up to ``B``
-    and samples after; a longer one reads daily rollups before ``D``, hourly ones from ``D`` to ``B``, samples
-    after.
+    Each environment's samples count after its edge. Before it, a window within the raw retention reads its first
+    partial hour from samples and whole hours from hourly rollups; a longer one reads hourly rollups for its first
+    partial day and from ``D`` on, and daily rollups for the whole days between (a window longer than the hourly
+    retention starts at its first day's midnight). A query reads about 50 hourly rows, a daily row per day and the
+    samples of the newest minutes per environment, whatever the window and the poll interval.
     """
     ids = _ids(environment_ids)
     result: dict[int, dict[str, float | None]] = {env_id: dict.fromkeys(windows) for env_id in ids}
@@ -96,39 +137,59 @@ def uptime(
     hourly_floor = _trunc_day(bounds.now - timedelta(days=settings.MONITOR_HOURLY_RETENTION_DAYS))
     params: dict[str, Any] = {"ids": ids, "raw": bounds.raw, "day": bounds.day}
     columns: list[str] = []
-    oldest_hour = bounds.raw
-    oldest_day = bounds.day
+    heads: list[str] = []
+    hourly_ranges = ["r.start >= %(day)s"]
+    daily_from = bounds.day
     for index, window in enumerate(windows):
         start = bounds.now - window_delta(window)
         key = f"w{index}"
         if start >= bounds.raw:
-            params[key] = start
-            condition = f"src = 's' AND ts >= %({key})s"
-        elif _trunc_hour(start) >= hourly_floor:
-            params[key] = _trunc_hour(start)
-            oldest_hour = min(oldest_hour, params[key])
-            condition = f"(src = 's' OR (src = 'h' AND ts >= %({key})s))"
+            params[key], params[f"{key}_ceil"] = start, _ceil_hour(start)
+            heads.append(
+                f"""SELECT edge.environment_id, 'head{index}', x.at, x.up, x.degraded, x.down
+                      FROM edge CROSS JOIN LATERAL (
+                          SELECT s.at, (s.state = 'up')::int AS up, (s.state = 'degraded')::int AS degraded,
+                                 (s.state = 'down')::int AS down
+                            FROM monitoring_sample s
+                           WHERE s.environment_id = edge.environment_id AND s.at >= %({key})s
+                             AND s.at < LEAST(%({key}_ceil)s, edge.b)
+                          OFFSET 0
+                      ) AS x"""  # noqa: S608
+            )
+            condition = (
+                f"((src = 's' AND ts >= %({key})s) OR src = 'head{index}' OR (src = 'h' AND ts >= %({key}_ceil)s))"
+            )
         else:
-            params[key] = _trunc_day(start)
-            oldest_day = min(oldest_day, params[key])
-            condition = f"(src = 's' OR (src = 'h' AND ts >= %(day)s) OR (src = 'd' AND ts >= %({key})s))"
+            first_hour = _trunc_hour(start) if _trunc_hour(start) >= hourly_floor else _trunc_day(start)
+            params[f"{key}_h"] = first_hour
+            params[f"{key}_d"] = min(_ceil_day(first_hour), bounds.day)
+            daily_from = min(daily_from, params[f"{key}_d"])
+            hourly_ranges.append(f"(r.start >= %({key}_h)s AND r.start < %({key}_d)s)")
+            condition = (
+                f"(src = 's' OR (src = 'h' AND ts >= %({key}_h)s AND (ts < %({key}_d)s OR ts >= %(day)s))"
+                f" OR (src = 'd' AND ts >= %({key}_d)s))"
+            )
         for column in ("up", "degraded", "down"):
             columns.append(f"SUM(CASE WHEN {condition} THEN {column} ELSE 0 END)")
-    params["oldest_hour"] = min(oldest_hour, bounds.day)
-    params["oldest_day"] = oldest_day
+    params["daily_from"] = daily_from
+    head_sql = "".join(f" UNION ALL {head}" for head in heads)
     # Only constant fragments and placeholders are formatted in.
     sql = f"""
-        WITH src AS (
-            SELECT environment_id, 's' AS src, at AS ts, {_SAMPLE_COUNTS}
-              FROM monitoring_sample WHERE environment_id = ANY(%(ids)s) AND at >= %(raw)s
+        WITH {_EDGE}, src AS (
+            {_NEWEST_SAMPLES}
             UNION ALL
-            SELECT environment_id, 'h', start, {_ROLLUP_COUNTS}
-              FROM monitoring_rollup WHERE environment_id = ANY(%(ids)s) AND period = 'hour'
-               AND start >= %(oldest_hour)s AND start < %(raw)s
+            SELECT edge.environment_id, 'h', x.start, x.up, x.degraded, x.down
+              FROM edge CROSS JOIN LATERAL (
+                  SELECT r.start, r.up, r.degraded, r.down FROM monitoring_rollup r
+                   WHERE r.environment_id = edge.environment_id AND r.period = 'hour' AND r.start < edge.b
+                     AND ({" OR ".join(hourly_ranges)})
+                  OFFSET 0
+              ) AS x
             UNION ALL
             SELECT environment_id, 'd', start, {_ROLLUP_COUNTS}
               FROM monitoring_rollup WHERE environment_id = ANY(%(ids)s) AND period = 'day'
-               AND start >= %(oldest_day)s AND start < %(day)s
+               AND start >= %(daily_from)s AND start < %(day)s
+            {head_sql}
         )
         SELECT environment_id, {", ".join(columns)} FROM src GROUP BY environment_id
     """  # noqa: S608
@@ -148,9 +209,10 @@ def daily_bars(
     environment_ids: Iterable[int], days: int = 90, *, now: datetime | None = None
 ) -> dict[int, list[dict[str, Any]]]:
     """One bar per UTC day, oldest first and ending today, per environment: ``{"day": date, "uptime": float |
-    None, "down_minutes": int}``, in one query.
+    None, "down_minutes": int}``, in one query (daily rollups before ``D``, hourly ones up to the environment's
+    edge, samples after).
 
-    ``down_minutes`` counts down samples times the poll interval (``MONITOR_POLL_INTERVAL``), rounded; a day
+    ``down_minutes`` counts down samples times the poll interval (``MONITOR_INTERVAL``), rounded; a day
     without measurements has ``uptime`` None.
     """
     ids = _ids(environment_ids)
@@ -163,21 +225,24 @@ def daily_bars(
     first_start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     # Only constant fragments and placeholders are formatted in.
     sql = f"""
-        WITH src AS (
-            SELECT environment_id, at AS ts, {_SAMPLE_COUNTS}
-              FROM monitoring_sample WHERE environment_id = ANY(%(ids)s) AND at >= GREATEST(%(raw)s, %(first)s)
+        WITH {_EDGE}, src AS (
+            {_NEWEST_SAMPLES}
             UNION ALL
-            SELECT environment_id, start, {_ROLLUP_COUNTS}
-              FROM monitoring_rollup WHERE environment_id = ANY(%(ids)s) AND period = 'hour'
-               AND start >= GREATEST(%(day)s, %(first)s) AND start < %(raw)s
+            SELECT edge.environment_id, 'h', x.start, x.up, x.degraded, x.down
+              FROM edge CROSS JOIN LATERAL (
+                  SELECT r.start, r.up, r.degraded, r.down FROM monitoring_rollup r
+                   WHERE r.environment_id = edge.environment_id AND r.period = 'hour'
+                     AND r.start >= GREATEST(%(day)s, %(first)s) AND r.start < edge.b
+                  OFFSET 0
+              ) AS x
             UNION ALL
-            SELECT environment_id, start, {_ROLLUP_COUNTS}
+            SELECT environment_id, 'd', start, {_ROLLUP_COUNTS}
               FROM monitoring_rollup WHERE environment_id = ANY(%(ids)s) AND period = 'day'
                AND start >= %(first)s AND start < %(day)s
         )
         SELECT environment_id, (date_trunc('day', ts, 'UTC') AT TIME ZONE 'UTC')::date AS day,
                SUM(up), SUM(degraded), SUM(down)
-          FROM src GROUP BY 1, 2
+          FROM src WHERE ts >= %(first)s GROUP BY 1, 2
     """  # noqa: S608
     params: dict[str, Any] = {"ids": ids, "raw": bounds.raw, "day": bounds.day, "first": first_start}
     with connection.cursor() as cursor:
@@ -186,7 +251,7 @@ def daily_bars(
     found: dict[tuple[int, date], tuple[int, int, int]] = {
         (row[0], row[1]): (int(row[2] or 0), int(row[3] or 0), int(row[4] or 0)) for row in rows
     }
-    interval_minutes = float(getattr(settings, "MONITOR_POLL_INTERVAL", 30)) / 60
+    interval_minutes = float(getattr(settings, "MONITOR_INTERVAL", 30) or 30) / 60
     bars: dict[int, list[dict[str, Any]]] = {}
     for env_id in ids:
         bars[env_id] = []
@@ -211,7 +276,7 @@ _UPSERT_HOURLY = """
            COUNT(*) FILTER (WHERE state = 'down'), COUNT(*) FILTER (WHERE state = 'unknown'),
            COUNT(*) FILTER (WHERE state = 'maintenance'),
            AVG(http_ms), MAX(http_ms), AVG(cpu_percent), AVG(memory_bytes)
-      FROM monitoring_sample WHERE at >= %(since)s
+      FROM monitoring_sample WHERE at >= %(since)s AND at < %(until)s
      GROUP BY 1, 3 ORDER BY 1, 3
     ON CONFLICT (environment_id, period, start) DO UPDATE SET
         up = EXCLUDED.up, degraded = EXCLUDED.degraded, down = EXCLUDED.down, unknown = EXCLUDED.unknown,
@@ -243,7 +308,7 @@ _UPSERT_SERVER_HOURLY = """
     SELECT server_id, 'hour', date_trunc('hour', at, 'UTC'),
            COUNT(*) FILTER (WHERE reachable), COUNT(*) FILTER (WHERE NOT reachable),
            AVG(load1), AVG(memory_used_bytes), MAX(disk_used_bytes)
-      FROM monitoring_serversample WHERE at >= %(since)s
+      FROM monitoring_serversample WHERE at >= %(since)s AND at < %(until)s
      GROUP BY 1, 3 ORDER BY 1, 3
     ON CONFLICT (server_id, period, start) DO UPDATE SET
         reachable = EXCLUDED.reachable, unreachable = EXCLUDED.unreachable, load1_avg = EXCLUDED.load1_avg,
@@ -299,7 +364,8 @@ def rollup(*, now: datetime | None = None) -> dict[str, int]:
             ("server", "monitoring_serverrollup", _UPSERT_SERVER_HOURLY, _UPSERT_SERVER_DAILY),
         ):
             since = _since(cursor, table, epoch)
-            cursor.execute(hourly, {"since": since})
+            # Whole hours only: an hourly rollup exists once its hour has ended (readers take samples after it).
+            cursor.execute(hourly, {"since": since, "until": _trunc_hour(now)})
             counts[f"{label}_hourly"] = cursor.rowcount
             # Only whole days whose hours are all still kept are rebuilt.
             cursor.execute(daily, {"since": max(_trunc_day(since), hourly_cutoff)})

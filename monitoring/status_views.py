@@ -11,6 +11,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_GET, require_POST
 
 from monitoring import statuspage
@@ -18,6 +20,33 @@ from monitoring.models import StatusPage
 from panel.accounts.choices import Action
 from panel.accounts.models import Organization
 from panel.accounts.scoping import can, for_user, get_for_user
+
+
+def bars_markup(bars: list[dict[str, Any]]) -> SafeString:
+    """The daily bars of one environment as HTML (escaped), each with its day, uptime and minutes down as data
+    attributes. Built here rather than by the template language: 90 bars by 200 environments are 18,000 elements,
+    which the template engine takes about a second to draw."""
+    return format_html_join(
+        "",
+        '<span class="status-bar status-bar-{}" data-day="{}" data-uptime="{}" data-down-minutes="{}" title="{}">'
+        "</span>",
+        (
+            (
+                bar["level"],
+                bar["day"].isoformat(),
+                "" if bar["uptime"] is None else f"{bar['uptime']:.6f}",
+                bar["down_minutes"],
+                bar["label"],
+            )
+            for bar in bars
+        ),
+    )
+
+
+def _with_markup(status: dict[str, Any]) -> dict[str, Any]:
+    for env in status["environments"]:
+        env["bars_markup"] = bars_markup(env["bars"])
+    return status
 
 
 @require_GET
@@ -38,7 +67,7 @@ def _render_page(request: HttpRequest, organization: Organization, **extra: Any)
     page = statuspage.page_for(organization)
     may_change = can(request.user, Action.CHANGE, organization)
     context: dict[str, Any] = {
-        "status": statuspage.status_data(page),
+        "status": _with_markup(statuspage.status_data(page)),
         "status_page": page,
         "may_change": may_change,
         "public": False,
@@ -119,7 +148,12 @@ def status_public(request: HttpRequest, token: str) -> HttpResponse:
     response = render(
         request,
         "monitoring/status.html",
-        {"status": statuspage.cached_status_data(page), "status_page": page, "may_change": False, "public": True},
+        {
+            "status": _with_markup(statuspage.cached_status_data(page)),
+            "status_page": page,
+            "may_change": False,
+            "public": True,
+        },
     )
     # The token is in the address: keep it out of Referer headers, search engines and shared caches.
     response["Referrer-Policy"] = "no-referrer"

@@ -149,7 +149,7 @@ def status_data(page: StatusPage, *, now: datetime | None = None) -> dict[str, A
                         "uptime": bar["uptime"],
                         "down_minutes": bar["down_minutes"],
                         "level": _bar_level(bar["uptime"]),
-                        "label": f"{bar['day']:%Y-%m-%d}: {_uptime_label(bar['uptime'])}"
+                        "label": f"{bar['day'].isoformat()}: {_uptime_label(bar['uptime'])}"
                         + (f", {bar['down_minutes']} min down" if bar["down_minutes"] else ""),
                     }
                     for bar in bars.get(env.pk, [])

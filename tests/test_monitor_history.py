@@ -81,8 +81,8 @@ def test_it_gives_the_same_rollups_when_two_workers_run_it_at_once(inventory: di
         thread.join(30)
     assert not errors
     hours = _rollups(env, "hour")
-    assert len(hours) == 4  # 09:00 (partial), 10:00, 11:00, 12:00
-    assert sum(r.up for r in hours.values()) == 180 and sum(r.down for r in hours.values()) == 20
+    assert len(hours) == 3  # 09:00 (from 09:10), 10:00, 11:00; 12:00 has not ended
+    assert sum(r.up for r in hours.values()) == 170 and sum(r.down for r in hours.values()) == 20
     assert Rollup.objects.filter(environment=env, period="day").count() == 1
 
 
@@ -159,6 +159,30 @@ def test_it_computes_uptime_windows_from_samples_and_rollups(inventory: dict[str
     assert found[env.id]["30d"] == pytest.approx(190 / 300)
     assert found[env.id]["365d"] == pytest.approx(990 / 1100)
     assert found[other.id] == {"24h": None, "7d": None, "30d": None, "365d": None}
+
+
+def test_it_gives_the_same_uptime_from_rollups_as_from_the_samples_alone(inventory: dict[str, Any]) -> None:
+    env = inventory["env_a"]
+    start = NOW - timedelta(hours=30)
+    Sample.objects.bulk_create(
+        Sample(environment=env, at=start + timedelta(minutes=m), state=("down" if m % 7 == 0 else "up"))
+        for m in range(30 * 60)
+    )
+    windows = ("3h", "24h")
+    from_samples = history.uptime([env.id], windows, now=NOW)[env.id]
+    history.rollup(now=NOW)
+    assert Sample.objects.filter(at__lt=NOW.replace(minute=0)).exists()  # samples the readers now skip
+    hourly = Rollup.objects.filter(environment=env, period="hour")
+    assert max(hourly.values_list("start", flat=True)) == NOW.replace(minute=0) - timedelta(hours=1)
+    with CaptureQueriesContext(connection) as queries:
+        from_rollups = history.uptime([env.id], (*windows, "7d"), now=NOW)[env.id]
+    assert len(queries) == 1
+    for window in windows:
+        minutes = [m for m in range(30 * 60) if start + timedelta(minutes=m) >= NOW - history.window_delta(window)]
+        expected = sum(1 for m in minutes if m % 7) / len(minutes)
+        assert from_samples[window] == pytest.approx(expected)
+        assert from_rollups[window] == pytest.approx(expected)
+    assert from_rollups["7d"] == pytest.approx(sum(1 for m in range(30 * 60) if m % 7) / (30 * 60))
 
 
 def test_it_draws_daily_bars_with_an_outage_in_its_day(inventory: dict[str, Any]) -> None:
