@@ -16,10 +16,11 @@ Environments outside ``for_user(..., view)`` answer 404, like unknown ids.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models.functions import Coalesce
+from django.db.models import Avg, Count, Max, Q, Sum
+from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
@@ -187,9 +188,79 @@ def _rollup_uptime(up: int, degraded: int, down: int) -> float | None:
     return up / measured if measured else None
 
 
+Bucket = tuple[datetime, int, int, int, float | None, float | None, float | None]
+
+
+def _buckets(environment: Environment, start: datetime, period: str) -> list[Bucket]:
+    """``(start, up, degraded, down, http_ms, cpu_percent, memory_bytes)`` per hour or day since ``start``, oldest
+    first: the rollups of that period, then what the rollup has not reached yet (the newest hours and days, from
+    hourly rollups and raw samples), grouped the same way. Three queries at most."""
+    rows: list[Bucket] = list(
+        Rollup.objects.filter(environment=environment, period=period, start__gte=start)
+        .order_by("start")
+        .values_list("start", "up", "degraded", "down", "http_ms_avg", "cpu_percent_avg", "memory_bytes_avg")
+    )
+    step = timedelta(days=1) if period == RollupPeriod.DAY else timedelta(hours=1)
+    covered = rows[-1][0] + step if rows else start
+    trunc = TruncDay if period == RollupPeriod.DAY else TruncHour
+    if period == RollupPeriod.DAY:
+        hourly = (
+            Rollup.objects.filter(environment=environment, period=RollupPeriod.HOUR, start__gte=covered)
+            .annotate(bucket=trunc("start", tzinfo=UTC))
+            .values("bucket")
+            .annotate(
+                n_up=Sum("up"), n_degraded=Sum("degraded"), n_down=Sum("down"), http=Avg("http_ms_avg"),
+                cpu=Avg("cpu_percent_avg"), memory=Avg("memory_bytes_avg"), last=Max("start"),
+            )
+            .order_by("bucket")
+        )  # fmt: skip
+        hours = list(hourly)
+        rows += [_bucket_row(row) for row in hours]
+        if hours:
+            covered = max(row["last"] for row in hours) + timedelta(hours=1)
+    samples = (
+        Sample.objects.filter(environment=environment, at__gte=covered)
+        .annotate(bucket=trunc("at", tzinfo=UTC))
+        .values("bucket")
+        .annotate(
+            n_up=Count("pk", filter=Q(state=HealthState.UP)),
+            n_degraded=Count("pk", filter=Q(state=HealthState.DEGRADED)),
+            n_down=Count("pk", filter=Q(state=HealthState.DOWN)),
+            http=Avg("http_ms"), cpu=Avg("cpu_percent"), memory=Avg("memory_bytes"),
+        )
+        .order_by("bucket")
+    )  # fmt: skip
+    merged: dict[datetime, Bucket] = {row[0]: row for row in rows}
+    for row in samples:
+        bucket = _bucket_row(row)
+        previous = merged.get(bucket[0])
+        # A bucket both layers reach (the day of the newest daily rollup's tail): counts add up.
+        merged[bucket[0]] = bucket if previous is None else _add(previous, bucket)
+    return [merged[key] for key in sorted(merged)]
+
+
+def _bucket_row(row: dict[str, Any]) -> Bucket:
+    memory = row["memory"]
+    return (
+        row["bucket"], int(row["n_up"] or 0), int(row["n_degraded"] or 0), int(row["n_down"] or 0), row["http"],
+        row["cpu"], None if memory is None else float(memory),
+    )  # fmt: skip
+
+
+def _add(a: Bucket, b: Bucket) -> Bucket:
+    """Two buckets of the same instant as one (counts added; averages of the non-empty ones)."""
+
+    def mean(x: float | None, y: float | None) -> float | None:
+        values = [v for v in (x, y) if v is not None]
+        return sum(values) / len(values) if values else None
+
+    return (a[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], mean(a[4], b[4]), mean(a[5], b[5]), mean(a[6], b[6]))
+
+
 def health_history(environment: Environment, range_name: str, *, user: Any, details: bool) -> dict[str, Any]:
     """The chart series of ``environment`` over ``range_name`` (a key of ``RANGES``) and the jobs on its time
-    axis (those ``user`` may see). Raw samples for 24 h, hourly rollups up to 30 days, daily ones beyond."""
+    axis (those ``user`` may see). Raw samples for 24 h; per hour up to 30 days and per day beyond, from the
+    rollups and, for the newest buckets the rollup has not reached yet, from the layers below."""
     end = timezone.now()
     start = end - RANGES[range_name]
     series: dict[str, list[Any]] = {"t": [], "uptime": [], "http_ms": [], "cpu_percent": [], "memory_bytes": []}
@@ -210,12 +281,7 @@ def health_history(environment: Environment, range_name: str, *, user: Any, deta
             series["memory_bytes"].append(None if memory is None else float(memory))
     else:
         resolution = RollupPeriod.DAY if range_name == "365d" else RollupPeriod.HOUR
-        rollups = list(
-            Rollup.objects.filter(environment=environment, period=resolution, start__gte=start)
-            .order_by("start")
-            .values_list("start", "up", "degraded", "down", "http_ms_avg", "cpu_percent_avg", "memory_bytes_avg")
-        )
-        for moment, up, degraded, down, http_ms, cpu, memory in _thin(rollups):
+        for moment, up, degraded, down, http_ms, cpu, memory in _thin(_buckets(environment, start, resolution)):
             series["t"].append(_epoch(moment))
             series["uptime"].append(_rollup_uptime(up, degraded, down))
             series["http_ms"].append(http_ms)

@@ -249,46 +249,56 @@ def test_it_adds_health_to_the_environment_representation_in_a_few_queries(users
 def test_it_serves_the_chart_series_from_samples_and_rollups(
     users: Any, fleet: dict[str, Any], orgs: dict[str, Any]
 ) -> None:
-    prod = fleet["prod"]
+    env = fleet["test"]
     now = timezone.now()
     hour = now.replace(minute=0, second=0, microsecond=0)
+    day = hour.replace(hour=0)
     Rollup.objects.bulk_create(
         [
-            Rollup(environment=prod, period="hour", start=hour - timedelta(hours=30), up=100, down=20,
+            Rollup(environment=env, period="hour", start=hour - timedelta(hours=30), up=100, down=20,
                    http_ms_avg=150.0, cpu_percent_avg=12.5, memory_bytes_avg=2.0 * 1024**3),
-            Rollup(environment=prod, period="hour", start=hour - timedelta(days=10), up=120),
-            Rollup(environment=prod, period="hour", start=hour - timedelta(days=40), up=1),  # past 30 d
-            Rollup(environment=prod, period="day", start=hour - timedelta(days=100), up=2000, degraded=500,
+            Rollup(environment=env, period="hour", start=hour - timedelta(days=10), up=120),
+            Rollup(environment=env, period="hour", start=hour - timedelta(days=40), up=1),  # past 30 d
+            Rollup(environment=env, period="day", start=day - timedelta(days=100), up=2000, degraded=500,
                    unknown=9999),
         ]
     )  # fmt: skip
+    # The newest hour, not rolled up yet: raw samples only.
+    Sample.objects.bulk_create(
+        Sample(environment=env, at=hour + timedelta(seconds=i), state=state, http_ms=90.0, cpu_percent=5.0)
+        for i, state in enumerate(["up", "up", "down"])
+    )
     Job.objects.create(
-        organization=orgs["a1"], kind="backup", status="failed", environment=prod,
+        organization=orgs["a1"], kind="backup", status="failed", environment=env,
         started_at=now - timedelta(days=3),
     )  # fmt: skip
-    Job.objects.create(organization=orgs["a1"], kind="check", status="succeeded", environment=prod, started_at=now)
-    url = f"/api/v1/environments/{prod.pk}/health-history/"
+    Job.objects.create(organization=orgs["a1"], kind="deploy", status="succeeded", environment=env, started_at=now)
+    Job.objects.create(organization=orgs["a1"], kind="check", status="succeeded", environment=env, started_at=now)
+    url = f"/api/v1/environments/{env.pk}/health-history/"
     client = api_for(users["olga"])
 
-    day = client.get(url).json()
-    assert day["range"] == "24h" and day["resolution"] == "sample"
-    assert len(day["t"]) == 10 and day["t"] == sorted(day["t"])
-    assert day["uptime"] == [1.0] * 9 + [0.0]
-    assert day["http_ms"][0] == 100.0 and day["memory_bytes"][-1] == 10 * 1024 * 1024
-    assert [e["kind"] for e in day["events"]] == ["deploy"], "a check is not an event; the deploy 2 h ago is"
+    day_series = client.get(url).json()
+    assert day_series["range"] == "24h" and day_series["resolution"] == "sample"
+    assert day_series["uptime"] == [1.0, 1.0, 0.0] and day_series["http_ms"] == [90.0] * 3
+    assert [e["kind"] for e in day_series["events"]] == ["deploy"], "a check is not an event"
 
     week = client.get(url, {"range": "7d"}).json()
     assert week["resolution"] == "hour"
-    assert week["uptime"] == [pytest.approx(100 / 120)]
-    assert week["cpu_percent"] == [12.5] and week["http_ms"] == [150.0]
+    assert week["t"] == [int((hour - timedelta(hours=30)).timestamp()), int(hour.timestamp())]
+    assert week["uptime"] == [pytest.approx(100 / 120), pytest.approx(2 / 3)]
+    assert week["cpu_percent"] == [12.5, 5.0] and week["http_ms"] == [150.0, 90.0]
+    assert week["memory_bytes"] == [2.0 * 1024**3, None]
     assert [(e["kind"], e["status"]) for e in week["events"]] == [("backup", "failed"), ("deploy", "succeeded")]
     assert week["events"][0]["title"] == "Back up: failed"
 
     month = client.get(url, {"range": "30d"}).json()
-    assert len(month["t"]) == 2 and month["uptime"] == [1.0, pytest.approx(100 / 120)]
+    assert month["uptime"] == [1.0, pytest.approx(100 / 120), pytest.approx(2 / 3)]
 
     year = client.get(url, {"range": "365d"}).json()
-    assert year["resolution"] == "day" and year["uptime"] == [pytest.approx(0.8)], "unknown is left out"
+    assert year["resolution"] == "day"
+    # The daily rollup (unknown left out), then the days it has not reached from hourly rollups, then today.
+    assert year["uptime"] == [pytest.approx(0.8), 1.0, 1.0, pytest.approx(100 / 120), pytest.approx(2 / 3)]
+    assert year["t"][0] == int((day - timedelta(days=100)).timestamp()) and year["t"][-1] == int(day.timestamp())
 
     customer = api_for(users["carol"]).get(url, {"range": "7d"}).json()
     assert set(customer) == {"range", "start", "end", "resolution", "t", "uptime", "events"}
