@@ -234,3 +234,19 @@ def test_it_costs_one_query_for_many_environments(inventory: dict[str, Any]) -> 
 def test_it_refuses_unknown_windows() -> None:
     with pytest.raises(ValueError):
         history.uptime([1], windows=("1y",))
+
+
+def test_it_runs_as_a_periodic_task_on_the_monitoring_queue(inventory: dict[str, Any]) -> None:
+    from django.conf import settings
+
+    from monitoring import tasks
+    from panel.celery import app
+
+    app.finalize()  # registers the beat schedule
+    entry = app.conf.beat_schedule["monitoring-rollup"]
+    assert entry["task"] == "monitoring.tasks.rollup" and entry["options"]["queue"] == "monitoring"
+    assert entry["schedule"] == settings.MONITOR_ROLLUP_INTERVAL
+    _samples(inventory["env_a"], datetime.now(UTC) - timedelta(hours=3), 60, "up")
+    counts = tasks.rollup.apply().get()
+    assert counts["environment_hourly"] >= 1
+    assert Rollup.objects.filter(environment=inventory["env_a"], period="hour").exists()
