@@ -1,5 +1,6 @@
 """Deliveries by two real monitoring workers (Celery processes with beat) to a real SMTP server and HTTP receiver:
-each message arrives exactly once, also when the worker sending it is killed mid-conversation."""
+each message arrives exactly once, also when the worker sending it is killed mid-conversation, and when Redis was
+down as the incident opened."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from monitoring.incidents import observe
 from monitoring.models import Incident, Notification, NotificationChannel
 from monitoring.notify import verify_signature
 from tests.alert_receivers import AlertWorkers, alert_workers
+from tests.services import start_redis, stop_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,3 +96,21 @@ def test_it_delivers_once_when_the_sending_worker_is_killed_mid_send(env: Any, w
     row.refresh_from_db()
     assert row.status == "sent" and row.attempts == 2
     assert Incident.objects.get().closed_at is None
+
+
+@pytest.mark.exclusive
+def test_it_delivers_once_what_was_queued_while_redis_was_down(env: Any, workers: AlertWorkers) -> None:
+    smtp, hooks = workers.smtp, workers.webhooks
+    stop_redis()
+    try:
+        cycles(env, "failing", 3)  # the task messages cannot be queued: the rows wait in PostgreSQL
+    finally:
+        start_redis()
+    assert set(Notification.objects.values_list("status", flat=True)) == {"pending"}
+    # The workers reconnect and beat's sweep delivers each row once (Redis came back empty).
+    smtp.wait_for(lambda: len(smtp.messages) >= 1, timeout=90)
+    hooks.wait_for(lambda: len(hooks.requests) >= 1, timeout=90)
+    settle(workers)
+    assert smtp.subjects() == [f"[Doodba Panel] DOWN: {env} is down"]
+    assert [body["event"] for body in hooks.bodies()] == ["incident.opened"]
+    assert set(Notification.objects.values_list("status", flat=True)) == {"sent"}
