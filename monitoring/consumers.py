@@ -53,6 +53,7 @@ class HealthConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     environment_id: int | None
     view_orgs: frozenset[int]
     detail_orgs: frozenset[int]
+    server_orgs: frozenset[int]  # where the user sees details: servers of these organizations may be sent
     closed: bool
     checked_at: float
     watchdog: asyncio.Task[None] | None = None
@@ -78,6 +79,7 @@ class HealthConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.view_orgs, self.detail_orgs = scope
+        self.server_orgs = await database_sync_to_async(organization_ids)(user, Action.VIEW_DETAILS)
         self.checked_at = time.monotonic()
         await self._join()
         await self.accept()
@@ -103,7 +105,7 @@ class HealthConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         organization_id = event.get("organization")
         if organization_id not in self.view_orgs:
             return
-        frame = for_viewer(event, details=organization_id in self.detail_orgs, environment_id=self.environment_id)
+        frame = self._frame(organization_id, event)
         if frame["environments"] or frame["servers"]:
             await self._send(frame)
 
@@ -117,8 +119,15 @@ class HealthConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def _send_snapshot(self) -> None:
         for organization_id, entry in (await self._snapshot()).items():
-            frame = for_viewer(entry, details=organization_id in self.detail_orgs, environment_id=self.environment_id)
-            await self._send(frame)
+            await self._send(self._frame(organization_id, entry))
+
+    def _frame(self, organization_id: int, entry: dict[str, Any]) -> dict[str, Any]:
+        return for_viewer(
+            entry,
+            details=organization_id in self.detail_orgs,
+            server_orgs=self.server_orgs,
+            environment_id=self.environment_id,
+        )
 
     async def _join(self) -> None:
         for organization_id in self.view_orgs:
@@ -149,7 +158,13 @@ class HealthConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             return False
         scope = await self._scope_of(user)
         # Any organization lost, or seen with fewer rights: what this socket may be sent changed.
-        if scope is None or not self.view_orgs <= scope[0] or not self.detail_orgs <= scope[1]:
+        server_orgs = await database_sync_to_async(organization_ids)(user, Action.VIEW_DETAILS)
+        if (
+            scope is None
+            or not self.view_orgs <= scope[0]
+            or not self.detail_orgs <= scope[1]
+            or not self.server_orgs <= server_orgs
+        ):
             await self._close(CLOSE_FORBIDDEN)
             return False
         return True

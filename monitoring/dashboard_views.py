@@ -66,7 +66,10 @@ def dashboard_rows(request: HttpRequest) -> dict[str, list[dict[str, Any]]]:
             request, for_user(Server, request.user, Action.VIEW_DETAILS).select_related("health"), "organization"
         )
     )
-    server_rows = [{"server": server, "health": server_payload(server.pk, _health(server))} for server in servers]
+    server_rows = [
+        {"server": server, "health": server_payload(server.pk, _health(server), server.organization_id)}
+        for server in servers
+    ]
     server_rows.sort(key=lambda row: (server_rank(row["health"]), row["server"].name))
     return {"environments": env_rows, "servers": server_rows}
 

@@ -11,7 +11,7 @@ current health again when its socket reconnects or re-checks its access.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from monitoring import history
@@ -77,15 +77,20 @@ def environment_payload(
     }
 
 
-def server_payload(server_id: int, health: ServerHealth | None) -> dict[str, Any]:
-    """A server's newest poll as the dashboard shows it (staff only; customers never see servers)."""
+def server_payload(server_id: int, health: ServerHealth | None, organization_id: int | None = None) -> dict[str, Any]:
+    """A server's newest poll as the dashboard shows it (staff only; customers never see servers).
+    ``organization``: the server's own organization (a provider's), which decides who may be sent it."""
     if health is None:
-        return {"id": server_id, "reachable": None, "load1": None, "cpus": None, "disk_percent": None, "error": ""}
+        return {
+            "id": server_id, "organization": organization_id, "reachable": None, "load1": None, "cpus": None,
+            "disk_percent": None, "error": "",
+        }  # fmt: skip
     disk = None
     if health.disk_used_bytes is not None and health.disk_total_bytes:
         disk = round(100 * health.disk_used_bytes / health.disk_total_bytes, 1)
     return {
         "id": server_id,
+        "organization": organization_id,
         "reachable": health.reachable,
         "load1": health.load1,
         "cpus": health.cpus,
@@ -102,17 +107,19 @@ def snapshot(environment_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     if not ids:
         return {}
     environments = list(
-        Environment.objects.filter(pk__in=ids).values_list("pk", "project__organization_id", "server_id")
+        Environment.objects.filter(pk__in=ids).values_list(
+            "pk", "project__organization_id", "server_id", "server__organization_id"
+        )
     )
     healths = {row.environment_id: row for row in EnvironmentHealth.objects.filter(environment_id__in=ids)}
-    servers = {server_id for _, _, server_id in environments}
+    servers = {row[2] for row in environments}
     server_healths = {row.server_id: row for row in ServerHealth.objects.filter(server_id__in=servers)}
-    uptimes = history.uptime([pk for pk, _, _ in environments], UPTIME_WINDOWS)
+    uptimes = history.uptime([row[0] for row in environments], UPTIME_WINDOWS)
     by_org: dict[int, dict[str, Any]] = {}
-    for pk, organization_id, server_id in environments:
+    for pk, organization_id, server_id, server_org in environments:
         entry = by_org.setdefault(organization_id, {"environments": [], "servers": {}})
         entry["environments"].append(environment_payload(pk, healths.get(pk), uptimes.get(pk)))
-        entry["servers"].setdefault(server_id, server_payload(server_id, server_healths.get(server_id)))
+        entry["servers"].setdefault(server_id, server_payload(server_id, server_healths.get(server_id), server_org))
     for entry in by_org.values():
         entry["servers"] = list(entry["servers"].values())
     return by_org
@@ -131,13 +138,18 @@ def environments_changed(environment_ids: Iterable[int]) -> None:
         logger.warning("could not push live health", exc_info=True)
 
 
-def for_viewer(entry: dict[str, Any], *, details: bool, environment_id: int | None = None) -> dict[str, Any]:
+def for_viewer(
+    entry: dict[str, Any], *, details: bool, server_orgs: Collection[int] = (), environment_id: int | None = None
+) -> dict[str, Any]:
     """What one socket's user may see of an organization's message: customers get ``CUSTOMER_KEYS`` of each
-    environment and no servers; ``environment_id`` narrows it to one environment (the environment page)."""
+    environment; servers only go to staff of the server's own organization (``server_orgs``: where the user sees
+    details), and only on the dashboard; ``environment_id`` narrows it to one environment (its page)."""
     environments = entry.get("environments", [])
     if environment_id is not None:
         environments = [env for env in environments if env["id"] == environment_id]
     if not details:
         environments = [{key: env[key] for key in CUSTOMER_KEYS} for env in environments]
-    servers = entry.get("servers", []) if details and environment_id is None else []
+    servers = []
+    if environment_id is None:
+        servers = [server for server in entry.get("servers", []) if server.get("organization") in server_orgs]
     return {"type": "health", "environments": environments, "servers": servers}

@@ -62,14 +62,16 @@ def states(frame: dict[str, Any]) -> dict[int, str]:
 
 
 def test_it_pushes_health_changes_to_each_viewer_as_they_may_see_them(
-    live_server_url: str, users: dict[str, Any], inventory: dict[str, Any]
+    live_server_url: str, users: dict[str, Any], inventory: dict[str, Any], orgs: dict[str, Any], make_user: Any
 ) -> None:
     env_a, env_b = inventory["env_a"], inventory["env_b"]
     set_health(env_a, "up", http_ms=80.0)
     set_health(env_b, "up")
     ServerHealth.objects.create(server=inventory["server_a"], reachable=True, load1=0.5, cpus=2)
     base = live_server_url
-    cookies = {name: session_cookie(users[name]) for name in ("olga", "carol", "bob")}
+    # Dora operates the customer organization itself: she sees its environments in detail, not the provider's server.
+    users = {**users, "dora": make_user("dora", orgs["a1"], "operator")}
+    cookies = {name: session_cookie(users[name]) for name in ("olga", "carol", "bob", "dora")}
 
     async def run() -> dict[str, Any]:
         def connect(name: str, environment_id: int | None = None) -> Any:
@@ -82,6 +84,7 @@ def test_it_pushes_health_changes_to_each_viewer_as_they_may_see_them(
             connect("carol") as customer,
             connect("carol", env_a.pk) as customer_page,
             connect("bob") as other,
+            connect("dora") as customer_staff,
         ):
             # Each socket starts with the current health of what it may see.
             staff_first = await frames_until(staff, lambda f: env_a.pk in states(f))
@@ -99,10 +102,11 @@ def test_it_pushes_health_changes_to_each_viewer_as_they_may_see_them(
             customer_down = await frames_until(customer, lambda f: states(f).get(env_a.pk) == "down")
             page_down = await frames_until(customer_page, lambda f: states(f).get(env_a.pk) == "down")
             other_frames = await frames_until(other, lambda f: states(f).get(env_b.pk) == "degraded")
+            dora = await frames_until(customer_staff, lambda f: states(f).get(env_a.pk) == "down")
             return {
                 "staff_first": staff_first, "customer_first": customer_first, "other_first": other_first,
                 "staff_down": staff_down[-1], "customer_down": customer_down[-1], "page_down": page_down[-1],
-                "other": other_first + other_frames,
+                "other": other_first + other_frames, "dora": dora,
             }  # fmt: skip
 
     seen = asyncio.run(run())
@@ -116,6 +120,8 @@ def test_it_pushes_health_changes_to_each_viewer_as_they_may_see_them(
     assert set(customer_env) == {"id", "state", "state_label", "css", "since", "uptime"}, "no message, no resources"
     assert seen["customer_down"]["servers"] == [] and seen["customer_first"][-1]["servers"] == []
     assert [env["id"] for env in seen["page_down"]["environments"]] == [env_a.pk]
+    assert all(frame["servers"] == [] for frame in seen["dora"])
+    assert seen["dora"][-1]["environments"][0]["message"].startswith("Odoo's /web/health")
     # Bob (organization B) never hears of A's environment, only of his own.
     assert all(env["id"] == env_b.pk for frame in seen["other"] for env in frame["environments"])
     assert all(server["id"] == inventory["server_b"].pk for frame in seen["other"] for server in frame["servers"])
@@ -184,9 +190,9 @@ def test_it_closes_a_socket_soon_after_the_user_loses_access(
     set_health(inventory["env_a"], "up")
     membership = Membership.objects.get(user=users["carol"], organization=orgs["a1"])
     bound = settings.JOB_WS_ACCESS_CHECK_SECONDS + 2
+    headers = {"Cookie": session_cookie(users["carol"]), "Origin": base}  # ORM outside the event loop's context
 
     async def run() -> tuple[Any, ...]:
-        headers = {"Cookie": session_cookie(users["carol"]), "Origin": base}
         async with websockets.connect(health_url(base), additional_headers=headers) as socket:
             await frames_until(socket, lambda f: inventory["env_a"].pk in states(f))
             await asyncio.to_thread(in_thread, remove_member, actor=users["alice"], membership=membership)
