@@ -269,7 +269,9 @@ class Follower(threading.Thread):
         while not self.stopping.is_set():
             container = self._container()
             if container is None:
-                if self._keep_going(client, time.monotonic(), idle_since) is None:
+                # No container (yet, or any more): keep the lease and count the viewers while waiting for one.
+                idle_since = self._keep_going(client, time.monotonic(), idle_since)
+                if idle_since is None:
                     return
                 self.stopping.wait(settings.MONITOR_LOG_RETRY_SECONDS)
                 continue

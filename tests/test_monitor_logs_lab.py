@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -25,6 +26,8 @@ from tests.monitoring_fixtures import RunningEnv
 from tests.ws_helpers import in_thread, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
+# Playwright's sync API runs an event loop in this thread; the ORM calls of the fixtures are still synchronous.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +174,42 @@ def test_it_follows_a_service_once_for_all_viewers_and_resumes_without_loss_or_d
     marks = [line.split(" ")[1] for line in body.splitlines() if f" {run}-" in line]
     assert marks == [f"{run}-{n}" for n in range(1, 41)]
     assert settings.MONITOR_LOG_TAIL_LINES > 0
+
+
+@pytest.mark.browser
+def test_it_shows_live_lines_coloured_filtered_and_paused_in_the_browser(
+    running_env: RunningEnv, live_server_url: str, users: dict[str, Any], browser: Any
+) -> None:
+    env = running_env
+    run = f"page{int(time.time())}"
+    context = browser.new_context()
+    cookie = session_cookie(users["victor"]).partition("=")[2]
+    context.add_cookies([{"name": "sessionid", "value": cookie, "url": live_server_url}])
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(f"{live_server_url}/environments/{env.environment.pk}/")
+    page.get_by_test_id("environment-logs").click()
+    output = page.get_by_test_id("container-log")
+    root = page.locator("[data-containerlog]")
+    page.locator("[data-containerlog][data-last-id]").wait_for()  # the tail arrived (CSP: no eval in waits)
+    print_marks(env, run, 1, 5)
+    output.locator(".line", has_text=f"{run}-5 ").wait_for()
+    assert output.locator(".line", has_text=f"{run}-1 ").locator(".ansi-green").inner_text() == "green"
+
+    page.get_by_label("Filter shown lines").fill(f"{run}-3 ")
+    assert output.locator(".line:visible").count() == 1
+    page.get_by_label("Filter shown lines").fill("")
+
+    page.get_by_role("button", name="Pause").click()
+    before = root.get_attribute("data-last-id")
+    print_marks(env, run, 6, 8)
+    page.locator(f'[data-containerlog]:not([data-last-id="{before}"])').wait_for()  # lines arrived while paused...
+    assert output.locator(".line", has_text=f"{run}-8 ").count() == 0  # ...and are not shown
+    page.get_by_role("button", name="Resume").click()
+    output.locator(".line", has_text=f"{run}-8 ").wait_for()
+    texts = [text.split(" ")[0] for text in output.locator(".line .text").all_inner_texts()]
+    assert [text for text in texts if text.startswith(f"{run}-")] == [f"{run}-{n}" for n in range(1, 9)]
+    assert problems == []
+    context.close()
