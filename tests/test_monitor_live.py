@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import time
+from importlib import import_module
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from monitoring.models import EnvironmentHealth, ServerHealth
 from panel.accounts.models import Membership
 from panel.accounts.services import remove_member
 from panel.inventory.models import Environment
-from panel.jobs.consumers import CLOSE_FORBIDDEN
+from panel.jobs.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
 from tests.ws_helpers import in_thread, session_cookie, wait_closed
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
@@ -183,19 +184,32 @@ def test_it_refuses_a_socket_for_an_environment_the_user_may_not_see(
     assert [env["id"] for env in asyncio.run(own())["environments"]] == [inventory["env_b"].pk]
 
 
+@pytest.mark.parametrize(("change", "expected"), [("removed", CLOSE_FORBIDDEN), ("logged out", CLOSE_UNAUTHENTICATED)])
 def test_it_closes_a_socket_soon_after_the_user_loses_access(
-    live_server_url: str, users: dict[str, Any], orgs: dict[str, Any], inventory: dict[str, Any]
+    change: str,
+    expected: int,
+    live_server_url: str,
+    users: dict[str, Any],
+    orgs: dict[str, Any],
+    inventory: dict[str, Any],
 ) -> None:
     base = live_server_url
     set_health(inventory["env_a"], "up")
     membership = Membership.objects.get(user=users["carol"], organization=orgs["a1"])
     bound = settings.JOB_WS_ACCESS_CHECK_SECONDS + 2
-    headers = {"Cookie": session_cookie(users["carol"]), "Origin": base}  # ORM outside the event loop's context
+    cookie = session_cookie(users["carol"])  # ORM outside the event loop's context
+    headers = {"Cookie": cookie, "Origin": base}
+
+    def revoke() -> None:
+        if change == "removed":
+            remove_member(actor=users["alice"], membership=membership)
+        else:  # what a logout does to the stored session
+            import_module(settings.SESSION_ENGINE).SessionStore(session_key=cookie.split("=", 1)[1]).delete()
 
     async def run() -> tuple[Any, ...]:
         async with websockets.connect(health_url(base), additional_headers=headers) as socket:
             await frames_until(socket, lambda f: inventory["env_a"].pk in states(f))
-            await asyncio.to_thread(in_thread, remove_member, actor=users["alice"], membership=membership)
+            await asyncio.to_thread(in_thread, revoke)
 
             def push() -> None:
                 set_health(inventory["env_a"], "down", "secret detail")
@@ -205,5 +219,5 @@ def test_it_closes_a_socket_soon_after_the_user_loses_access(
             return await wait_closed(socket, timeout=bound + 10)
 
     code, _, took = asyncio.run(run())
-    assert code == CLOSE_FORBIDDEN
+    assert code == expected
     assert took <= bound, f"closed {took:.1f}s after the change"
