@@ -88,3 +88,10 @@ def _periodic_tasks(sender: Celery, **_: object) -> None:
             "options": {"queue": "monitoring", "expires": settings.MONITOR_ROLLUP_INTERVAL},
         },
     }
+    if settings.MONITOR_INTERVAL:
+        # Fleet polling: one fan-out per interval, which enqueues one cycle per server (monitoring.tasks.poll_server).
+        sender.conf.beat_schedule["poll-fleet"] = {
+            "task": "monitoring.tasks.poll_fleet",
+            "schedule": settings.MONITOR_INTERVAL,
+            "options": {"queue": "monitoring", "expires": settings.MONITOR_INTERVAL},
+        }

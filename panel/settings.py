@@ -259,6 +259,29 @@ MONITOR_DAILY_RETENTION_DAYS = envint("MONITOR_DAILY_RETENTION_DAYS", 400, minim
 MONITOR_ROLLUP_INTERVAL = envint("MONITOR_ROLLUP_INTERVAL", 300, minimum=10)
 MONITOR_STATUS_CACHE_SECONDS = envint("MONITOR_STATUS_CACHE_SECONDS", 30, minimum=0)
 MONITOR_METRICS_TOKEN = envstr("MONITOR_METRICS_TOKEN", "")
+# Polling (monitoring.poller): every MONITOR_INTERVAL seconds (0: no polling) one cycle per server, bounded by
+# MONITOR_SERVER_TIMEOUT; each HTTP/websocket probe by MONITOR_PROBE_TIMEOUT, docker stats and each psql by
+# MONITOR_SQL_TIMEOUT. The Odoo checks (monitoring.odoo_checks) run every MONITOR_ODOO_CHECK_EVERY cycles.
+MONITOR_INTERVAL = envint("MONITOR_INTERVAL", 30, minimum=0)
+MONITOR_SERVER_TIMEOUT = envfloat("MONITOR_SERVER_TIMEOUT", 25.0)
+MONITOR_PROBE_TIMEOUT = envfloat("MONITOR_PROBE_TIMEOUT", 5.0)
+MONITOR_SQL_TIMEOUT = envfloat("MONITOR_SQL_TIMEOUT", 15.0)
+MONITOR_ODOO_CHECK_EVERY = envint("MONITOR_ODOO_CHECK_EVERY", 4, minimum=1)
+# Thresholds of the checks (README "Monitoring"): a check past its threshold fails (the environment is degraded),
+# sizes and growth only warn (0: no limit).
+MONITOR_DISK_PERCENT = envint("MONITOR_DISK_PERCENT", 90, minimum=1)
+MONITOR_CRON_OVERDUE_MINUTES = envint("MONITOR_CRON_OVERDUE_MINUTES", 30, minimum=1)
+MONITOR_CRON_FAILURE_COUNT = envint("MONITOR_CRON_FAILURE_COUNT", 2, minimum=1)
+MONITOR_QUEUE_JOB_AGE_MINUTES = envint("MONITOR_QUEUE_JOB_AGE_MINUTES", 60, minimum=1)
+MONITOR_DATABASE_SIZE_WARN_MB = envint("MONITOR_DATABASE_SIZE_WARN_MB", 0, minimum=0)
+MONITOR_DATABASE_GROWTH_WARN_MB_PER_DAY = envint("MONITOR_DATABASE_GROWTH_WARN_MB_PER_DAY", 2048, minimum=0)
+MONITOR_FILESTORE_SIZE_WARN_MB = envint("MONITOR_FILESTORE_SIZE_WARN_MB", 0, minimum=0)
+MONITOR_FILESTORE_GROWTH_WARN_MB_PER_DAY = envint("MONITOR_FILESTORE_GROWTH_WARN_MB_PER_DAY", 10240, minimum=0)
+MONITOR_LONG_QUERY_SECONDS = envint("MONITOR_LONG_QUERY_SECONDS", 300, minimum=1)
+MONITOR_IDLE_IN_TRANSACTION_SECONDS = envint("MONITOR_IDLE_IN_TRANSACTION_SECONDS", 300, minimum=1)
+MONITOR_LOCK_WAIT_SECONDS = envint("MONITOR_LOCK_WAIT_SECONDS", 60, minimum=1)
+MONITOR_CONNECTIONS_PERCENT = envint("MONITOR_CONNECTIONS_PERCENT", 90, minimum=1)
+MONITOR_WORKERS_BUSY_PERCENT = envint("MONITOR_WORKERS_BUSY_PERCENT", 100, minimum=1)
 # Each process reports its SSH pool size to Redis with this TTL (a process gone for that long stops counting).
 MONITOR_METRICS_PROCESS_TTL = envint("MONITOR_METRICS_PROCESS_TTL", 120, minimum=10)
 # Live container logs (monitoring.logs): a new viewer gets the last MONITOR_LOG_TAIL_LINES lines, the browser keeps
@@ -410,9 +433,9 @@ SPECTACULAR_SETTINGS = {
         "CheckStatusEnum": "backups.models.CheckStatus",
         "EnvironmentKindEnum": "panel.inventory.choices.EnvironmentKind",
         "BackupKindEnum": "backups.models.BackupKind",
+        "ChannelKindEnum": "monitoring.models.ChannelKind",
         "JobKindEnum": "panel.jobs.choices.JobKind",
         "HealthStateEnum": "monitoring.models.HealthState",
-        "ChannelKindEnum": "monitoring.models.ChannelKind",
     },
 }
 

@@ -21,6 +21,8 @@
 * ``sql(query)``: run SQL in the environment's database (psql in the db container, as the superuser ``odoo``) and
   return its unaligned, tuples-only output (``|`` between columns);
 * ``print_line(service, text)``: write one line to the container's stdout (what ``docker logs`` shows);
+* ``psql_session(sql)``: a ``subprocess.Popen`` of psql in the db that ran ``sql`` and stays connected (holding
+  its locks or transaction) until the caller kills it;
 * ``install_queue_job()``: give the database the ``queue_job`` table (and module row) that OCA's queue_job
   creates, so the queue_job check has something to read;
 * ``odoo_health()``: True when ``/web/health`` answers ``pass`` from inside the odoo container.
@@ -83,6 +85,8 @@ services:
 """
 
 RESET_SQL = """
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    WHERE application_name = 'psql' AND pid <> pg_backend_pid() AND datname = current_database();
 UPDATE ir_cron SET active = true, nextcall = (now() AT TIME ZONE 'UTC') + interval '1 day', lastcall = NULL,
     failure_count = 0, first_failure_date = NULL;
 DROP TABLE IF EXISTS queue_job;
@@ -245,6 +249,19 @@ class RunningEnv:
         result = self.stack.exec(service, "sh", "-c", 'printf "%s\\n" "$1" >/proc/1/fd/1', "sh", text)
         if result.returncode != 0:
             raise MonitoringLabError(f"printing into {self.container(service)}: {result.stderr.strip()}")
+
+    def psql_session(self, sql: str) -> subprocess.Popen[str]:
+        """A psql session in the db that runs ``sql`` and stays connected until the caller kills it (the next
+        test's reset ends what is left of it in the database)."""
+        process = subprocess.Popen(
+            [docker_cli(), "exec", "-i", self.container("db"), "psql", "-X", "-q", "-U", DB_USER, "-d", DATABASE],
+            env={**os.environ, "DOCKER_HOST": self.host.docker_host},
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert process.stdin is not None
+        process.stdin.write(sql + "\n")
+        process.stdin.flush()
+        return process
 
     def install_queue_job(self) -> None:
         """Create what OCA's queue_job module would (its table and an installed module row)."""

