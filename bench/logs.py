@@ -119,7 +119,12 @@ async def panel(
     duplicates: list[int] = []
     frames = 0
     async with websockets.connect(url, additional_headers=headers, max_size=None) as socket:
-        await asyncio.wait_for(socket.recv(), timeout=30)  # the tail: the follower runs
+        # The tail may come from the stream before the follower runs again: wait for a fresh line to come through.
+        ready = f"{run}-ready"
+        await asyncio.to_thread(generate, host, container, ready, 1, rate)
+        deadline = time.monotonic() + 30
+        while not any(line["text"].startswith(f"{ready} ") for line in json.loads(await socket.recv())["lines"]):
+            assert time.monotonic() < deadline, "the follower did not start"
         task = asyncio.ensure_future(asyncio.to_thread(generate, host, container, run, lines, rate))
         deadline = time.monotonic() + lines / rate + 15
         while len(seen) < lines and time.monotonic() < deadline:

@@ -141,6 +141,7 @@ class ContainerLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                     await asyncio.to_thread(add_viewer, self.source.environment_id, self.source.service, self.viewer)
                     await asyncio.to_thread(ensure_follower, self.source)
                 if checked_at and now - checked_at >= check_every:
+                    checked_at = now
                     verdict = await self._access_verdict()
                     if verdict is not None:
                         await self._close(verdict)
