@@ -188,4 +188,5 @@ def test_it_answers_every_operation_without_a_server_error(live_server_url: str,
                 failures[f"{operation.label} ({mode.value})"] = found[:3]
     report = "\n\n".join(f"{label}:\n" + "\n".join(found) for label, found in failures.items())
     assert not failures, report
-    assert time.monotonic() - started < 240, "keep the fuzzing bounded"
+    # Bounded well inside the 600 s test timeout, with room for a busy machine (CI runs two test processes).
+    assert time.monotonic() - started < 420, "keep the fuzzing bounded"
