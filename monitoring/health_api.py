@@ -31,6 +31,7 @@ from rest_framework.response import Response
 from monitoring import history
 from monitoring.live import state_label
 from monitoring.models import CheckState, EnvironmentHealth, HealthState, Incident, Rollup, RollupPeriod, Sample
+from monitoring.services import health_message, health_state, is_stale
 from panel.accounts.api.serializers import DetailSerializer
 from panel.accounts.choices import Action
 from panel.accounts.scoping import can, for_user
@@ -144,7 +145,7 @@ class HistoryQuerySerializer(serializers.Serializer):  # type: ignore[type-arg]
 def current_health(environment: Environment, *, details: bool) -> dict[str, Any]:
     """An environment's current health (``HealthSerializer``'s shape); the checks and open incidents for staff."""
     health = EnvironmentHealth.objects.filter(environment=environment).first()
-    state = health.state if health is not None else HealthState.UNKNOWN
+    state = health_state(health)
     data: dict[str, Any] = {
         "state": state,
         "state_label": state_label(state),
@@ -155,7 +156,7 @@ def current_health(environment: Environment, *, details: bool) -> dict[str, Any]
         return data
     data.update(
         {
-            "message": health.message if health else "",
+            "message": health_message(health) if health else "",
             "polled_at": health.polled_at if health else None,
             "http_ms": health.http_ms if health else None,
             "websocket_ms": health.websocket_ms if health else None,
@@ -381,7 +382,10 @@ class HealthStateField(_Batched):
     cache_key = "state"
 
     def batch(self, ids: list[int]) -> dict[int, Any]:
-        found = dict(EnvironmentHealth.objects.filter(environment_id__in=ids).values_list("environment_id", "state"))
+        rows = EnvironmentHealth.objects.filter(environment_id__in=ids).values_list(
+            "environment_id", "state", "polled_at"
+        )
+        found = {pk: HealthState.UNKNOWN if is_stale(polled_at) else state for pk, state, polled_at in rows}
         return {pk: found.get(pk, HealthState.UNKNOWN) for pk in ids}
 
     def to_representation(self, value: Environment) -> str:
@@ -392,7 +396,8 @@ class HealthMessageField(_Batched):
     cache_key = "message"
 
     def batch(self, ids: list[int]) -> dict[int, Any]:
-        found = dict(EnvironmentHealth.objects.filter(environment_id__in=ids).values_list("environment_id", "message"))
+        rows = EnvironmentHealth.objects.filter(environment_id__in=ids).only("environment_id", "message", "polled_at")
+        found = {row.environment_id: health_message(row) for row in rows}
         return {pk: found.get(pk, "") for pk in ids}
 
     def to_representation(self, value: Environment) -> str:

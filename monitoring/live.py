@@ -16,6 +16,7 @@ from typing import Any
 
 from monitoring import history
 from monitoring.models import EnvironmentHealth, HealthState, ServerHealth
+from monitoring.services import health_message, health_state
 from panel.inventory.models import Environment
 from panel.jobs.publisher import publish
 
@@ -59,7 +60,7 @@ def environment_payload(
     environment_id: int, health: EnvironmentHealth | None, uptime: dict[str, float | None] | None
 ) -> dict[str, Any]:
     """An environment's health as the pages and sockets show it (JSON-ready). No health row yet: *unknown*."""
-    state = health.state if health is not None else HealthState.UNKNOWN
+    state = health_state(health)
     return {
         "id": environment_id,
         "state": state,
@@ -67,7 +68,7 @@ def environment_payload(
         "css": STATE_CSS.get(state, "none"),
         "since": health.since.isoformat() if health is not None else None,
         "uptime": {window: (uptime or {}).get(window) for window in UPTIME_WINDOWS},
-        "message": health.message if health is not None else "",
+        "message": health_message(health) if health is not None else "",
         "polled_at": health.polled_at.isoformat() if health is not None and health.polled_at else None,
         "http_ms": health.http_ms if health is not None else None,
         "websocket_ms": health.websocket_ms if health is not None else None,

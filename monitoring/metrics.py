@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from monitoring import checks, history
 from monitoring.models import CheckState, CheckStatus, EnvironmentHealth, HealthState, Incident, ServerHealth
+from monitoring.services import is_stale
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +224,11 @@ class PanelCollector(Collector):
             "Response time of the newest poll.",
             labels=["environment", "endpoint"],
         )
-        for row in EnvironmentHealth.objects.values("environment_id", "state", "http_ms", "websocket_ms"):
+        for row in EnvironmentHealth.objects.values("environment_id", "state", "polled_at", "http_ms", "websocket_ms"):
             env = str(row["environment_id"])
+            current = HealthState.UNKNOWN if is_stale(row["polled_at"]) else row["state"]
             for known in HealthState.values:
-                state.add_metric([env, known], 1.0 if row["state"] == known else 0.0)
+                state.add_metric([env, known], 1.0 if current == known else 0.0)
             for endpoint, ms in (("http", row["http_ms"]), ("websocket", row["websocket_ms"])):
                 if ms is not None:
                     response.add_metric([env, endpoint], ms / 1000)

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from monitoring import checks, history
 from monitoring.models import HealthState, Incident, IncidentUpdate, StatusPage
+from monitoring.services import health_state
 from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
@@ -129,7 +130,7 @@ def status_data(page: StatusPage, *, now: datetime | None = None) -> dict[str, A
     states: list[str] = []
     for env in environments:
         health = getattr(env, "health", None)
-        state = health.state if health is not None else HealthState.UNKNOWN
+        state = health_state(health, now)
         states.append(state)
         rows.append(
             {
