@@ -7,7 +7,8 @@ signed out, 4404 no such environment for this user or no such service among its 
 handshake: HTTP 403); 4503 (after the handshake) when the server cannot be reached, which is worth retrying. Without ``after`` it
 sends the newest ``MONITOR_LOG_TAIL_LINES`` stored lines, then live lines; with it, every line after that position
 (a reconnect loses and repeats nothing while the stream still holds it).
-Frames: ``{"type": "lines", "lines": [{"id", "ts", "stream", "text"}]}``: one frame carries whatever arrived since
+Frames: ``{"type": "lines", "lines": [{"id", "n", "ts", "stream", "text"}]}`` (``n`` counts the stream's lines: a jump
+means lines the stream no longer held): one frame carries whatever arrived since
 the previous one (at most ``MONITOR_LOG_FRAME_LINES``), so bursts travel in batches.
 
 Like the job log socket, it re-reads its session and the user's access every ``JOB_WS_ACCESS_CHECK_SECONDS`` and
@@ -167,7 +168,7 @@ class ContainerLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                 logger.warning("log socket of %s could not read its stream", key, exc_info=True)
                 await asyncio.sleep(1.0)
 
-    async def _send_lines(self, lines: list[dict[str, str]]) -> None:
+    async def _send_lines(self, lines: list[dict[str, Any]]) -> None:
         if lines and not self.closed:
             await self.send_json({"type": "lines", "lines": lines})
 

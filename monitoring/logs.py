@@ -146,11 +146,15 @@ def _decode(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def serialize_entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, str]:
-    """A stream entry as the websocket sends it: ``{"id", "ts", "stream", "text"}``."""
+def serialize_entry(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
+    """A stream entry as the websocket sends it: ``{"id", "n", "ts", "stream", "text"}``. ``n`` counts the lines of
+    the stream one by one: a client that sees it jump knows lines are missing there (the stream no longer held them
+    when it reconnected, or it expired and started afresh)."""
     values = {_decode(key): _decode(value) for key, value in fields.items()}
+    number = values.get("n", "")
     return {
         "id": _decode(entry_id),
+        "n": int(number) if number.isdigit() else 0,
         "ts": values.get("ts", ""),
         "stream": values.get("s", "out"),
         "text": values.get("t", ""),
@@ -244,6 +248,7 @@ class Follower(threading.Thread):
         self.key, self.viewers_key, self.lease_key, self.tag_key = _keys(source.environment_id, source.service)
         self.stopping = threading.Event()
         self.ended_reason = ""
+        self.number = 0  # the n of the newest stored line
 
     def stop(self) -> None:
         """Ask the follower to end (it ends its remote process before the thread ends)."""
@@ -345,8 +350,9 @@ class Follower(threading.Thread):
         """``(docker timestamp of the newest stored line, how many stored lines carry it)``; ("", 0) for a new
         stream (then the follower starts with the last ``MONITOR_LOG_TAIL_LINES``)."""
         newest: list[Any] = client.xrevrange(self.key, count=200)  # type: ignore[assignment]
-        stamps = [serialize_entry(entry_id, fields)["ts"] for entry_id, fields in newest]
-        stamps = [stamp for stamp in stamps if stamp]
+        entries = [serialize_entry(entry_id, fields) for entry_id, fields in newest]
+        self.number = entries[0]["n"] if entries else 0
+        stamps = [entry["ts"] for entry in entries if entry["ts"]]
         if not stamps:
             return "", 0
         # The newest moment stored (stdout and stderr lines may be stored slightly out of time order).
@@ -378,7 +384,9 @@ class Follower(threading.Thread):
             if since and stamp == since and skip > 0:
                 skip -= 1
                 continue
-            pipe.xadd(self.key, {"ts": stamp, "s": stream, "t": text}, maxlen=cap, approximate=True)
+            self.number += 1
+            fields = {"n": self.number, "ts": stamp, "s": stream, "t": text}
+            pipe.xadd(self.key, fields, maxlen=cap, approximate=True)  # type: ignore[arg-type]
         pipe.expire(self.key, int(settings.MONITOR_LOG_RESUME_SECONDS))
         pipe.execute()
         return skip

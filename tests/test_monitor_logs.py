@@ -93,3 +93,35 @@ def test_it_reads_what_docker_prints() -> None:
     assert split_line("2026-12-01T18:20:00.5+01:00 x") == ("2026-12-01T17:20:00.500000000Z", "x")
     assert split_line("no stamp here") == ("", "no stamp here")
     assert docker_time("2026-12-01T17:20:00.123456789Z") == "1796145600.123456789"
+
+
+def test_it_resumes_a_stream_without_a_gap_or_a_repeat_and_counts_its_lines(settings: Any) -> None:
+    """What a follower does when it starts on a stream that still exists (Redis only: the lab test covers SSH)."""
+    import redis
+
+    from monitoring.logs import Follower, Source, redis_client, serialize_entry, stream_key
+    from panel.remote.ssh import Target
+
+    target = Target(label="x", host="127.0.0.1", port=22, username="u", private_key="", host_key_type="",
+                    host_key_base64="")  # fmt: skip
+    source = Source(environment_id=987654, service="odoo", target=target, compose_project="p")
+    client: redis.Redis = redis_client()
+    client.delete(stream_key(987654, "odoo"))
+    first = Follower(source, "token")
+    since, skip = first._resume_point(client)
+    assert (since, skip) == ("", 0)  # a new stream: the follower starts from the tail
+    stamp = "2026-12-01T17:20:00.000000001Z"
+    first._append(client, [(stamp, "out", "one"), (stamp, "out", "two")], since, skip)
+    # The next follower asks docker --since the newest stamp, which sends both lines again, then a new one.
+    second = Follower(source, "token")
+    since, skip = second._resume_point(client)
+    assert (since, skip) == (stamp, 2)
+    later = "2026-12-01T17:20:01.000000000Z"
+    second._append(client, [(stamp, "out", "one"), (stamp, "out", "two"), (later, "err", "three")], since, skip)
+    entries = [serialize_entry(i, f) for i, f in client.xrange(stream_key(987654, "odoo"))]
+    assert [(e["n"], e["text"], e["stream"]) for e in entries] == [
+        (1, "one", "out"),
+        (2, "two", "out"),
+        (3, "three", "err"),
+    ]
+    client.delete(stream_key(987654, "odoo"))

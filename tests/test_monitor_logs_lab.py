@@ -83,6 +83,7 @@ class Viewer:
         self.last_id = ""
         self.stamps: dict[int, str] = {}
         self.texts: list[str] = []
+        self.numbers: list[int] = []  # every line's n, marked or not
 
     async def until(self, last_mark: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -93,6 +94,7 @@ class Viewer:
             assert frame["type"] == "lines"
             for line in frame["lines"]:
                 self.last_id = line["id"]
+                self.numbers.append(line["n"])
                 head = line["text"].split(" ", 1)[0]
                 if head.startswith(f"{self.run}-"):
                     mark = int(head.rpartition("-")[2])
@@ -159,6 +161,8 @@ def test_it_follows_a_service_once_for_all_viewers_and_resumes_without_loss_or_d
 
     again = asyncio.run(reconnect())
     assert a.marks + again.marks == list(range(1, 91)), "every line once, in order, across the reconnect"
+    numbers = a.numbers + again.numbers  # the stream's count runs on without a jump: the page sees no gap
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
     wait_for(lambda: followers_on_host(env, container) == 0, "no docker logs left after the reconnect")
 
     # The download of a time range has exactly the lines of that range (the first forty).

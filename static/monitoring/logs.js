@@ -4,6 +4,8 @@
  * then live lines, in frames of several lines ({"type": "lines", "lines": [{id, ts, stream, text}]}). Every line
  * has a position (its Redis Stream id, "<ms>-<n>"); a socket that closes reconnects with backoff from the last
  * position shown (?after=<id>), so a reconnect loses and repeats nothing, and lines at or before it are dropped.
+ * Lines also carry n, counting the stream's lines: when it jumps (the stream no longer held the lines after the
+ * position, or expired and started afresh), a marker row says that lines are missing there.
  * Closes 4401 (signed out), 4403 and 4404 (no access, no such service) are final.
  *
  * The page keeps at most data-max-lines lines (the oldest go). Pause keeps receiving but only shows the new lines
@@ -39,6 +41,7 @@
     this.wsPath = root.dataset.wsPath;
     this.maxLines = Math.max(100, Number(root.dataset.maxLines) || 5000);
     this.lastId = "";
+    this.lastN = 0;
     this.paused = false;
     this.pending = [];
     this.queued = [];
@@ -112,6 +115,13 @@
         continue;
       }
       this.lastId = line.id;
+      if (typeof line.n === "number" && line.n > 0) {
+        if (this.lastN && line.n !== this.lastN + 1) {
+          // The stream no longer held what came between (a long disconnection): say so where it happened.
+          fresh.push({ gap: true });
+        }
+        this.lastN = line.n;
+      }
       fresh.push(line);
     }
     this.root.dataset.lastId = this.lastId;
@@ -169,6 +179,12 @@
 
   ContainerLog.prototype.renderLine = function (line) {
     var row = document.createElement("span");
+    if (line.gap) {
+      row.className = "line gap";
+      row.dataset.search = "";
+      row.textContent = "… lines missing here: the panel no longer kept them when the page reconnected";
+      return row;
+    }
     row.className = "line stream-" + (line.stream === "err" ? "err" : "out");
     row.dataset.id = line.id;
     var ts = document.createElement("span");
