@@ -44,9 +44,7 @@ def _views(users: dict[str, Any], inventory: dict[str, Any]) -> dict[str, str]:
     carol.force_login(users["carol"])
     page = carol.get(f"/status/{env.project.organization_id}/").content.decode()
     metrics = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token").content.decode()
-    line = next(
-        line for line in metrics.splitlines() if line.startswith("panel_environment_state{") and " 1.0" in line
-    )
+    line = next(line for line in metrics.splitlines() if line.startswith("panel_environment_state{") and " 1.0" in line)
     return {
         "health": health["state"],
         "message": health["message"],
