@@ -177,7 +177,10 @@ class ComposeStack:
             self.write_compose_file()
             self.started = True
         states = self.states()
-        if states.get("odoo") != "running" or states.get("db") != "running":
+        for service, state in states.items():
+            if state == "paused":
+                self.host.docker("unpause", self.container(service))
+        if states.get("odoo") not in ("running", "paused") or states.get("db") not in ("running", "paused"):
             self.compose("up", "-d")
         _wait(self.odoo_health, f"/web/health of {self.name} on {self.host.name}", timeout=90)
         self.exec("odoo", "rm", "-f", FAULT_FILE)
