@@ -8,13 +8,15 @@ coreutils, docker):
 - inspects every compose container (``docker ps -a`` + one ``docker inspect``): project and service labels, state,
   Docker health, restart count, addresses, and Odoo's ``PGDATABASE`` (filtered by the template on the server: no
   other variable, no secret, leaves it);
-- in parallel, each bounded by ``MONITOR_PROBE_TIMEOUT``: ``docker stats --no-stream`` of the running containers,
-  and for every environment Odoo's ``/web/health`` on 8069 and a websocket handshake on 8072 (``/websocket``, Odoo
-  16+) or ``/longpolling/poll`` (before), over bash's ``/dev/tcp`` to the odoo container's address, timed with
-  ``$EPOCHREALTIME``; every ``MONITOR_ODOO_CHECK_EVERY`` cycles also ``psql`` in each db container
-  (``monitoring.odoo_checks``);
-- prints it all in sections (``@@host``, ``@@containers``, ``@@stats``, ``@@probes``, ``@@odoo <project>``,
-  ``@@end``).
+- reads each running container's CPU time and memory from its cgroup files (``/proc/<pid>/cgroup``, v1 or v2;
+  CPU % is the CPU time used since the last cycle); ``docker stats --no-stream`` for any container whose files
+  cannot be read (it waits for two samples a second apart, and more with many containers);
+- in parallel, each bounded by ``MONITOR_PROBE_TIMEOUT``: for every environment Odoo's ``/web/health`` on 8069 and
+  a websocket handshake on 8072 (``/websocket``, Odoo 16+) or ``/longpolling/poll`` (before), over bash's
+  ``/dev/tcp`` to the odoo container's address, timed with ``$EPOCHREALTIME``; every ``MONITOR_ODOO_CHECK_EVERY``
+  cycles also ``psql`` in each db container (``monitoring.odoo_checks``);
+- prints it all in sections (``@@host``, ``@@containers``, ``@@stats``, ``@@cgroup``, ``@@probes``,
+  ``@@odoo <project>``, ``@@end``).
 
 The whole cycle is bounded by ``MONITOR_SERVER_TIMEOUT``. A server that cannot be reached (refused, timed out, host
 key changed) makes its environments *unknown*, never *down*: every check is observed as unknown, which opens and
@@ -77,6 +79,7 @@ INSPECT_FORMAT = SEP.join(
         "{{.HostConfig.NetworkMode}}",
         "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
         "{{.Name}}",
+        "{{.State.Pid}}",
         '{{range .Config.Env}}{{if ge (len .) 11}}{{if eq (slice . 0 11) "PGDATABASE="}}{{slice . 11}}{{end}}{{end}}'
         "{{end}}",
     ]
@@ -93,7 +96,7 @@ trap 'rm -rf -- "$d"' EXIT
 
 probe() {
     # probe PROJECT KIND ADDRESS PORT PATH: one line "project kind status micros body-ok"
-    local project=$1 kind=$2 a=$3 port=$4 path=$5 t0 t1 code=refused body= ok=-
+    local project=$1 kind=$2 a=$3 port=$4 path=$5 t0 t1 code=refused body= line= ok=-
     t0=${EPOCHREALTIME/./}
     {
         if [ "$kind" = websocket ]; then
@@ -103,19 +106,45 @@ probe() {
         fi
         IFS=' ' read -r _ code _ <&3 || code=closed
         if [ "$kind" = http ]; then
-            body=$(head -c 65536 <&3)
+            # The rest of the answer up to its end (Connection: close), builtins only; the last line has no newline.
+            while IFS= read -r line <&3 || { body+=$line; false; }; do
+                body+=$line
+                [ "${#body}" -lt 65536 ] || break
+            done
             case $body in *'"pass"'*) ok=pass ;; esac
         fi
     } 3<>"/dev/tcp/$a/$port" 2>/dev/null
     t1=${EPOCHREALTIME/./}
     printf '%s %s %s %s %s\n' "$project" "$kind" "${code:-closed}" "$((t1 - t0))" "$ok"
 }
-export -f probe
-export WS_KEY=cGFuZWwtd3MtcHJvYmUhIQ==  # base64 of 16 bytes, as RFC 6455 wants
+WS_KEY=cGFuZWwtd3MtcHJvYmUhIQ==  # base64 of 16 bytes, as RFC 6455 wants
 
-run_probe() {
-    # run_probe PROJECT KIND ADDRESS PORT PATH, bounded by the probe timeout
-    timeout -k 1 "$probe_timeout" bash -c 'probe "$@"' probe "$@" 2>/dev/null || printf '%s %s timeout - -\n' "$1" "$2"
+cg_read() {
+    # cg_read ID PID: "id cpu_ns memory_bytes" from the container's cgroup (v1 or v2, world-readable files; memory
+    # without the inactive page cache, as docker stats counts it); fails when a file cannot be read
+    local id=$1 ctrl path v2= cpath= mpath= cpu= usage= inactive=0 k v dir
+    while IFS=: read -r _ ctrl path; do
+        case $ctrl in
+            '') v2=$path ;;
+            *cpuacct*) cpath=$path ;;
+            *memory*) mpath=$path ;;
+        esac
+    done <"/proc/$2/cgroup" || return 1
+    if [ -n "$cpath" ] && [ -n "$mpath" ]; then
+        dir=/sys/fs/cgroup/cpuacct$cpath
+        [ -r "$dir/cpuacct.usage" ] || dir=/sys/fs/cgroup/cpu,cpuacct$cpath
+        read -r cpu <"$dir/cpuacct.usage" || return 1
+        dir=/sys/fs/cgroup/memory$mpath
+        read -r usage <"$dir/memory.usage_in_bytes" || return 1
+        while read -r k v; do [ "$k" = total_inactive_file ] && inactive=$v; done <"$dir/memory.stat"
+    else
+        dir=/sys/fs/cgroup$v2
+        while read -r k v; do [ "$k" = usage_usec ] && cpu=$((v * 1000)); done <"$dir/cpu.stat" || return 1
+        read -r usage <"$dir/memory.current" || return 1
+        while read -r k v; do [ "$k" = inactive_file ] && inactive=$v; done <"$dir/memory.stat"
+    fi
+    [ -n "$cpu" ] && [ -n "$usage" ] || return 1
+    echo "$id $cpu $((usage - inactive))"
 }
 
 : >"$d/inspect"
@@ -131,9 +160,13 @@ fi
 
 declare -A odoo_ip=() pgdb=() db_id=()
 running=()
-while IFS=$S read -r id project service oneoff state health restarts code netmode ips name db; do
+echo "at ${EPOCHREALTIME/./}" >"$d/cgroup"
+while IFS=$S read -r id project service oneoff state health restarts code netmode ips name pid db; do
     [ -n "$id" ] || continue
-    [ "$state" = running ] && running+=("$id")
+    # CPU and memory from the cgroup files (no waiting); docker stats (two samples a second apart) for the rest.
+    if [ "$state" = running ] && ! { [ "${pid:-0}" -gt 0 ] && cg_read "$id" "$pid" >>"$d/cgroup" 2>/dev/null; }; then
+        running+=("$id")
+    fi
     [ "$oneoff" = True ] && continue
     case $service in
         odoo)
@@ -152,14 +185,20 @@ if [ "${#running[@]}" -gt 0 ]; then
         >"$d/stats" 2>/dev/null &
 fi
 
+# Probes are forks of this shell (no process to start each); a watchdog ends those still running after the probe
+# timeout (its wait is bash's own read on a FIFO: nothing outlives the script), and their empty files say timeout.
+mkfifo "$d/fifo" || exit 1
+probes=()
 for spec in "$@"; do
     project=${spec%%=*} ws=${spec#*=}
     a=${odoo_ip[$project]:-}
     if [ -n "$a" ]; then
-        run_probe "$project" http "$a" 8069 /web/health >"$d/p.$project.http" &
+        probe "$project" http "$a" 8069 /web/health >"$d/p.$project.http" 2>/dev/null &
+        probes+=($!)
         case $ws in
-            ws) run_probe "$project" websocket "$a" 8072 /websocket >"$d/p.$project.ws" & ;;
-            lp) run_probe "$project" longpolling "$a" 8072 /longpolling/poll >"$d/p.$project.ws" & ;;
+            ws) probe "$project" websocket "$a" 8072 /websocket >"$d/p.$project.ws" 2>/dev/null & probes+=($!) ;;
+            lp) probe "$project" longpolling "$a" 8072 /longpolling/poll >"$d/p.$project.ws" 2>/dev/null &
+                probes+=($!) ;;
         esac
     fi
     if [ -n "$sql" ] && [ -n "${db_id[$project]:-}" ]; then
@@ -171,6 +210,12 @@ for spec in "$@"; do
         } >"$d/o.$project" 2>&1 &
     fi
 done
+if [ "${#probes[@]}" -gt 0 ]; then
+    { read -rt "$probe_timeout" -u 9 _; kill "${probes[@]}"; } 9<>"$d/fifo" >/dev/null 2>&1 &
+    watchdog=$!
+    wait "${probes[@]}" 2>/dev/null
+    kill "$watchdog" 2>/dev/null
+fi
 wait
 
 echo "@@host"
@@ -183,13 +228,25 @@ if [ "$docker_ok" = 1 ]; then
     cat "$d/inspect"
     echo "@@stats"
     cat "$d/stats" 2>/dev/null
+    echo "@@cgroup"
+    cat "$d/cgroup"
 else
     echo "@@docker-down"
     head -c 1000 "$d/docker-err"
     echo
 fi
 echo "@@probes"
-for f in "$d"/p.*; do [ -e "$f" ] && cat "$f"; done
+for f in "$d"/p.*; do
+    [ -e "$f" ] || continue
+    if [ -s "$f" ]; then
+        cat "$f"
+    else
+        name=${f##*/p.}
+        kind=websocket
+        [ "${name##*.}" = http ] && kind=http
+        printf '%s %s timeout - -\n' "${name%.*}" "$kind"
+    fi
+done
 for f in "$d"/o.*; do
     [ -e "$f" ] || continue
     echo "@@odoo ${f##*/o.}"
@@ -218,8 +275,10 @@ class Container:
     addresses: list[str]
     name: str
     database: str
+    pid: int | None = None
     cpu_percent: float | None = None
     memory_bytes: int | None = None
+    cpu_ns: int | None = None  # cumulative CPU time from the cgroup (CPU % is its growth since the last cycle)
 
 
 @dataclass
@@ -280,6 +339,7 @@ class PollOutput:
     odoo: dict[str, str] = field(default_factory=dict)
     docker_error: str | None = None
     complete: bool = False
+    sampled_us: int | None = None  # the server's clock when the cgroup files were read (microseconds)
 
 
 _SIZE_RE = re.compile(r"^\s*([0-9.]+)\s*([KMGTP]?i?B|B)?\s*$", re.IGNORECASE)
@@ -336,9 +396,9 @@ def _parse_host(lines: list[str], host: HostFacts) -> None:
 
 def _parse_container(line: str) -> Container | None:
     parts = line.split(SEP)
-    if len(parts) != 12 or not parts[0]:
+    if len(parts) != 13 or not parts[0]:
         return None
-    cid, project, service, oneoff, state, health, restarts, code, _netmode, ips, name, database = parts
+    cid, project, service, oneoff, state, health, restarts, code, _netmode, ips, name, pid, database = parts
     return Container(
         id=cid,
         project=project,
@@ -351,6 +411,7 @@ def _parse_container(line: str) -> Container | None:
         addresses=ips.split(),
         name=name.lstrip("/"),
         database=database,
+        pid=_int(pid),
     )
 
 
@@ -368,6 +429,7 @@ def parse_poll_output(text: str) -> PollOutput:
     section, current_odoo = "", ""
     host_lines: list[str] = []
     stats: dict[str, tuple[float | None, int | None]] = {}
+    cgroups: dict[str, tuple[int, int]] = {}
     odoo_lines: dict[str, list[str]] = {}
     docker_lines: list[str] = []
     for line in text.splitlines():
@@ -396,6 +458,12 @@ def parse_poll_output(text: str) -> PollOutput:
                 except ValueError:
                     cpu_value = None
                 stats[parts[0].strip()] = (cpu_value, parse_size(parts[2].split("/")[0]))
+        elif section == "cgroup":
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "at" and parts[1].isdigit():
+                output.sampled_us = int(parts[1])
+            elif len(parts) == 3 and parts[1].isdigit() and parts[2].lstrip("-").isdigit():
+                cgroups[parts[0]] = (int(parts[1]), max(0, int(parts[2])))
         elif section == "probes":
             parsed = _parse_probe(line)
             if parsed is not None:
@@ -407,6 +475,9 @@ def parse_poll_output(text: str) -> PollOutput:
             docker_lines.append(line)
     _parse_host(host_lines, output.host)
     for container in output.containers:
+        if container.id in cgroups:
+            container.cpu_ns, container.memory_bytes = cgroups[container.id]
+            continue
         for sid, (cpu_value, memory) in stats.items():
             if sid and (container.id.startswith(sid) or sid.startswith(container.id)):
                 container.cpu_percent, container.memory_bytes = cpu_value, memory
@@ -431,6 +502,8 @@ class Watched:
     deployed: bool
     workers: int
     previous_restarts: int | None = None
+    #: (container id, cumulative CPU ns, when sampled in µs) of the last cycle, for CPU % from the cgroup files.
+    previous_cpu: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def websocket_mode(self) -> str:
@@ -523,6 +596,9 @@ def _websocket(watched: Watched, availability: CheckResult, output: PollOutput) 
     probe = output.probes.get((watched.compose_project, "websocket"))
     if probe is None:
         return unknown(checks.WEBSOCKET, f"Not probed: Odoo is not running ({availability.message})")
+    if availability.status == CheckStatus.FAILING:
+        # One outage, one incident: 8072 is judged on its own only while 8069 answers.
+        return unknown(checks.WEBSOCKET, f"Not judged while Odoo is down ({availability.message})")
     details = {"probe": probe.status, "path": path}
     if watched.websocket_mode == "ws":
         ok = probe.code == 101
@@ -565,9 +641,33 @@ def _server_disk(host: HostFacts, server_name: str) -> CheckResult:
     return CheckResult(checks.SERVER_DISK, CheckStatus.OK, text + ".", fullest.percent, details)
 
 
+def _previous_cpu(health: EnvironmentHealth | None) -> tuple[tuple[str, int, int], ...]:
+    found = []
+    for entry in (health.containers or []) if health is not None else []:
+        cid, cpu_ns, at = entry.get("id"), entry.get("cpu_ns"), entry.get("sampled_us")
+        if isinstance(cid, str) and isinstance(cpu_ns, int) and isinstance(at, int):
+            found.append((cid, cpu_ns, at))
+    return tuple(found)
+
+
+def _cpu_from_cgroups(watched: Watched, own: list[Container], sampled_us: int | None) -> None:
+    """CPU % of containers read from their cgroup: CPU time used since the last cycle ÷ the time between (as
+    docker stats: 100 % = one CPU)."""
+    previous = {cid: (cpu_ns, at) for cid, cpu_ns, at in watched.previous_cpu}
+    for container in own:
+        before = previous.get(container.id[:12])
+        if container.cpu_ns is None or before is None or sampled_us is None:
+            continue
+        elapsed_ns = (sampled_us - before[1]) * 1000
+        used = container.cpu_ns - before[0]
+        if elapsed_ns > 0 and used >= 0:
+            container.cpu_percent = round(100.0 * used / elapsed_ns, 2)
+
+
 def assess(watched: Watched, output: PollOutput, server_name: str) -> Assessment:
     """The every-cycle checks of one environment from the script's output (pure)."""
     own = [c for c in output.containers if c.project == watched.compose_project and not c.oneoff]
+    _cpu_from_cgroups(watched, own, output.sampled_us)
     availability = _availability(watched, own, output, server_name)
     websocket = _websocket(watched, availability, output)
     disk = _server_disk(output.host, server_name)
@@ -595,6 +695,9 @@ def assess(watched: Watched, output: PollOutput, server_name: str) -> Assessment
                 "restarts": c.restarts,
                 "cpu_percent": c.cpu_percent,
                 "memory_bytes": c.memory_bytes,
+                "id": c.id[:12],
+                "cpu_ns": c.cpu_ns,
+                "sampled_us": output.sampled_us if c.cpu_ns is not None else None,
             }
             for c in sorted(own, key=lambda c: (c.service, c.name))
         ],
@@ -718,6 +821,7 @@ def _poll_locked(server_id: int, report: CycleReport, with_odoo: bool | None, no
             deployed=e.current_deployment_id is not None,
             workers=e.workers,
             previous_restarts=previous[e.pk].restarts if e.pk in previous else None,
+            previous_cpu=_previous_cpu(previous.get(e.pk)),
         )
         for e in environments
     ]

@@ -34,17 +34,25 @@ def container_line(service: str, state: str = "running", *, project: str = PROJE
     fields = {
         "id": f"{service}0123456789abcdef", "project": project, "service": service, "oneoff": "False",
         "state": state, "health": "", "restarts": "0", "code": "0", "netmode": f"{project}_default",
-        "ips": "10.1.0.2 10.2.0.3 ", "name": f"/{project}-{service}-1", "db": "prod" if service == "odoo" else "",
+        "ips": "10.1.0.2 10.2.0.3 ", "name": f"/{project}-{service}-1", "pid": "4242",
+        "db": "prod" if service == "odoo" else "",
     } | extra  # fmt: skip
     return S.join(fields.values())
 
 
-def output(*, containers: list[str], probes: list[str], odoo: str | None = None, stats: list[str] = ()) -> str:  # type: ignore[assignment]
+def output(
+    *,
+    containers: list[str],
+    probes: list[str],
+    odoo: str | None = None,
+    stats: tuple[str, ...] = (),
+    cgroup: tuple[str, ...] = (),
+) -> str:
     lines = [
         "@@host", "0.52 0.58 0.59 1/467 12345", "4", "MemTotal:       8000000 kB", "MemAvailable:   2000000 kB",
         "/dev/vda       100000000000 93000000000 5000000000      95% /",
         "/dev/vda       100000000000 93000000000 5000000000      95% /",
-        "@@containers", *containers, "@@stats", *stats, "@@probes", *probes,
+        "@@containers", *containers, "@@stats", *stats, "@@cgroup", *cgroup, "@@probes", *probes,
     ]  # fmt: skip
     if odoo is not None:
         lines += [f"@@odoo {PROJECT}", odoo, "@@rc 0"]
@@ -57,7 +65,7 @@ WATCHED = poller.Watched(id=1, label="Shop / prod", compose_project=PROJECT, odo
 def test_it_parses_the_host_containers_stats_and_probes() -> None:
     text = output(
         containers=[container_line("odoo", restarts="2"), container_line("db", health="healthy")],
-        stats=[f"odoo0123456789abcdef{S}12.5%{S}100MiB / 7.6GiB", f"db0123456789abcdef{S}0.40%{S}1.5GiB / 7.6GiB"],
+        stats=(f"odoo0123456789abcdef{S}12.5%{S}100MiB / 7.6GiB", f"db0123456789abcdef{S}0.40%{S}1.5GiB / 7.6GiB"),
         probes=[f"{PROJECT} http 200 12345 pass", f"{PROJECT} websocket 101 2500 -"],
     )
     parsed = poller.parse_poll_output(text)
@@ -78,6 +86,30 @@ def test_it_parses_the_host_containers_stats_and_probes() -> None:
     http, ws = parsed.probes[(PROJECT, "http")], parsed.probes[(PROJECT, "websocket")]
     assert (http.code, http.ms, http.body_ok) == (200, 12.35, True)
     assert (ws.code, ws.ms) == (101, 2.5)
+
+
+def test_it_takes_cpu_and_memory_from_the_cgroup_files_and_cpu_percent_from_the_last_cycle() -> None:
+    text = output(
+        containers=[container_line("odoo"), container_line("db")],
+        cgroup=("at 1700000002000000", "odoo0123456789abcdef 5500000000 104857600"),
+        probes=[f"{PROJECT} http 200 1000 pass", f"{PROJECT} websocket 101 1000 -"],
+    )
+    parsed = poller.parse_poll_output(text)
+    assert parsed.sampled_us == 1700000002000000
+    odoo = parsed.containers[0]
+    assert (odoo.cpu_ns, odoo.memory_bytes, odoo.pid) == (5500000000, 100 * 1024**2, 4242)
+    # 0.5 s of CPU over the 2 s since the last cycle: 25 % (of one CPU, as docker stats counts).
+    watched = poller.Watched(
+        id=1, label="x", compose_project=PROJECT, odoo_major=16, deployed=True, workers=2,
+        previous_cpu=(("odoo01234567", 5000000000, 1700000000000000),),
+    )  # fmt: skip
+    assessment = poller.assess(watched, parsed, "alpha-1")
+    assert assessment.cpu_percent == 25.0 and assessment.memory_bytes == 100 * 1024**2
+    stored = {c["service"]: c for c in assessment.containers}
+    assert stored["odoo"]["cpu_ns"] == 5500000000 and stored["odoo"]["sampled_us"] == 1700000002000000
+    assert stored["odoo"]["id"] == "odoo01234567" and stored["db"]["cpu_ns"] is None
+    # The first cycle (no previous sample) has no CPU figure yet.
+    assert poller.assess(WATCHED, poller.parse_poll_output(text), "alpha-1").cpu_percent is None
 
 
 def test_it_treats_a_cut_output_as_no_answer_and_ignores_garbage() -> None:

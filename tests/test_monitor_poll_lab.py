@@ -99,7 +99,10 @@ def test_it_reports_a_stuck_cron_by_name_and_the_other_odoo_checks(running_env: 
     assert check(environment, checks.CRON_OVERDUE).status == CheckStatus.OK
 
 
-def test_it_reports_port_8072_failing_while_8069_answers_over_one_reused_connection(running_env: RunningEnv) -> None:
+def test_it_reports_port_8072_failing_while_8069_answers_over_one_reused_connection(
+    running_env: RunningEnv, settings: Any
+) -> None:
+    settings.MONITOR_PROBE_TIMEOUT = 1
     environment, host = running_env.environment, running_env.host
     first = poll_server(running_env.server.pk, with_odoo=False)
     assert first.states[environment.pk] == HealthState.UP, EnvironmentHealth.objects.get(
@@ -131,8 +134,21 @@ def test_it_reports_port_8072_failing_while_8069_answers_over_one_reused_connect
     assert health.http_ms and health.websocket_ms and health.memory_bytes
     assert {c["service"] for c in health.containers} == {"odoo", "db"}
     assert all(c["state"] == "running" for c in health.containers)
+    assert health.cpu_percent is not None  # from the cgroup's CPU time since the previous cycle
     server = ServerHealth.objects.get(server=running_env.server)
     assert server.reachable and server.cycles == 3 and server.load1 is not None and server.disk_total_bytes
+
+    # A frozen Odoo (its container paused: nothing answers) is down, said in words that name the cause, and the
+    # cycle still ends within about the probe timeout.
+    running_env.host.docker("pause", running_env.container("odoo"), check=True)
+    try:
+        frozen = poll_server(running_env.server.pk, with_odoo=False)
+    finally:
+        running_env.host.docker("unpause", running_env.container("odoo"), check=True)
+    assert frozen.states[environment.pk] == HealthState.DOWN and frozen.seconds < 4, frozen
+    availability = check(environment, checks.AVAILABILITY)
+    assert "odoo container is paused" in availability.message, availability.message
+    assert check(environment, checks.WEBSOCKET).status == CheckStatus.UNKNOWN  # one outage, one failing check
 
 
 def test_it_marks_an_unreachable_servers_environments_unknown_and_the_other_server_keeps_its_pace(
