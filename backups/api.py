@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models, transaction
+from django.db import models
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.decorators import action
@@ -21,11 +21,10 @@ from backups.models import BackupStorage
 from backups.services import check_storage
 from backups.storage import StorageError
 from panel.accounts.api.serializers import (
+    AuditedSecretSerializer,
     DetailSerializer,
-    PanelModelSerializer,
     ScopedRelatedField,
     api_validation_error,
-    request_user,
 )
 from panel.accounts.api.views import ScopedModelViewSet
 from panel.accounts.models import Organization
@@ -35,8 +34,11 @@ ACCESS_KEY_RE = r"^[A-Za-z0-9+/=_.-]{1,128}$"
 SECRET_KEY_RE = r"^[\x21-\x7e]{1,256}$"
 
 
-class BackupStorageSerializer(PanelModelSerializer):
+class BackupStorageSerializer(AuditedSecretSerializer):
     """A local directory or an S3-compatible bucket that backups are written to."""
+
+    audit_name = "backup_storage"
+    secret_field = "secret_access_key"
 
     organization = ScopedRelatedField(Organization)
     access_key_id = serializers.RegexField(
@@ -91,29 +93,6 @@ class BackupStorageSerializer(PanelModelSerializer):
         except DjangoValidationError as exc:
             raise api_validation_error(exc) from exc
         return attrs
-
-    def create(self, validated_data: dict[str, Any]) -> BackupStorage:
-        with transaction.atomic():
-            storage = BackupStorage.objects.create(**validated_data)
-            record(action="backup_storage.created", actor=request_user(self), obj=storage)
-        return storage
-
-    def update(self, instance: BackupStorage, validated_data: dict[str, Any]) -> BackupStorage:
-        if not validated_data.get("secret_access_key", "x"):
-            validated_data.pop("secret_access_key")
-        changed = sorted(name for name, value in validated_data.items() if getattr(instance, name) != value)
-        with transaction.atomic():
-            for name, value in validated_data.items():
-                setattr(instance, name, value)
-            instance.save()
-            if changed:  # the names of the fields, never their values
-                record(
-                    action="backup_storage.updated",
-                    actor=request_user(self),
-                    obj=instance,
-                    detail={"fields": changed},
-                )
-        return instance
 
 
 class StorageCheckSerializer(serializers.Serializer):  # type: ignore[type-arg]

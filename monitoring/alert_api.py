@@ -30,6 +30,7 @@ from rest_framework.response import Response
 from monitoring.models import ChannelKind, Incident, IncidentUpdate, MaintenanceWindow, NotificationChannel
 from monitoring.notify import send_test, validate_target
 from panel.accounts.api.serializers import (
+    AuditedSecretSerializer,
     CustomerViewMixin,
     PanelModelSerializer,
     ScopedRelatedField,
@@ -83,8 +84,11 @@ def _plain_text(value: str, field: str) -> str:
     return value
 
 
-class NotificationChannelSerializer(PanelModelSerializer):
+class NotificationChannelSerializer(AuditedSecretSerializer):
     """Where an organization's alerts go: e-mail addresses, a signed JSON webhook or a Slack-compatible webhook."""
+
+    audit_name = "notification_channel"
+    secret_field = "secret"
 
     organization = ScopedRelatedField(Organization)
     environment = ScopedRelatedField(
@@ -148,29 +152,6 @@ class NotificationChannelSerializer(PanelModelSerializer):
         if attrs.get("muted") and environment is None:
             raise serializers.ValidationError({"muted": ["Only an environment override can be muted."]})
         return attrs
-
-    def create(self, validated_data: dict[str, Any]) -> NotificationChannel:
-        with transaction.atomic():
-            channel = NotificationChannel.objects.create(**validated_data)
-            record(action="notification_channel.created", actor=request_user(self), obj=channel)
-        return channel
-
-    def update(self, instance: NotificationChannel, validated_data: dict[str, Any]) -> NotificationChannel:
-        if not validated_data.get("secret", "x"):
-            validated_data.pop("secret")
-        changed = sorted(name for name, value in validated_data.items() if getattr(instance, name) != value)
-        with transaction.atomic():
-            for name, value in validated_data.items():
-                setattr(instance, name, value)
-            instance.save()
-            if changed:  # the names of the fields, never their values
-                record(
-                    action="notification_channel.updated",
-                    actor=request_user(self),
-                    obj=instance,
-                    detail={"fields": changed},
-                )
-        return instance
 
 
 class ChannelTestSerializer(serializers.Serializer):  # type: ignore[type-arg]

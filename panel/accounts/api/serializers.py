@@ -5,6 +5,8 @@
   action there (403 otherwise: e.g. a viewer creating a server in their own organization).
 - ``PanelModelSerializer``: never trims whitespace (a trailing newline is rejected by the validators rather than
   silently removed), maps Django ``ValidationError`` to field errors, and supports create-only fields.
+- ``AuditedSecretSerializer``: create and update recorded in the audit log (the names of changed fields, never their
+  values), with a write-only secret kept when an update sends it empty.
 - ``CustomerViewMixin``: a representation reduced to an allowlist of fields for callers who may only see status.
 """
 
@@ -15,13 +17,14 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
+from django.db import models, transaction
 from rest_framework import exceptions, serializers
 from rest_framework.fields import CharField
 
 from panel.accounts.choices import Action, Role, TokenScope
 from panel.accounts.models import ApiToken, Invitation, Membership, Organization
 from panel.accounts.scoping import can, for_user, organization_ids, role_in
+from panel.accounts.services import record
 from panel.validators import validate_name
 
 
@@ -102,6 +105,37 @@ class PanelModelSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
     def _current(self, name: str) -> Any:
         field = self.instance._meta.get_field(name)  # type: ignore[union-attr]
         return getattr(self.instance, field.attname)
+
+
+class AuditedSecretSerializer(PanelModelSerializer):
+    """A serializer whose create and update are audit entries, ``<audit_name>.created`` and ``<audit_name>.updated``
+    (with the names of the changed fields, never their values), and whose write-only ``secret_field`` keeps the
+    stored secret when an update leaves it out or sends it empty."""
+
+    audit_name: ClassVar[str] = ""
+    secret_field: ClassVar[str] = ""
+
+    def create(self, validated_data: dict[str, Any]) -> Any:
+        model: Any = self.Meta.model
+        with transaction.atomic():
+            obj = model._default_manager.create(**validated_data)
+            record(action=f"{self.audit_name}.created", actor=request_user(self), obj=obj)
+        return obj
+
+    def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
+        if self.secret_field and not validated_data.get(self.secret_field, "x"):
+            validated_data.pop(self.secret_field)
+        changed = sorted(name for name, value in validated_data.items() if getattr(instance, name) != value)
+        with transaction.atomic():
+            for name, value in validated_data.items():
+                setattr(instance, name, value)
+            instance.save()
+            if changed:  # the names of the fields, never their values
+                record(
+                    action=f"{self.audit_name}.updated", actor=request_user(self), obj=instance,
+                    detail={"fields": changed},
+                )  # fmt: skip
+        return instance
 
 
 class CustomerViewMixin:
