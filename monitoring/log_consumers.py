@@ -48,17 +48,14 @@ from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user
 from panel.accounts.services import is_fully_authenticated
 from panel.inventory.models import Environment
+from panel.jobs.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, MIN_INTERVAL
 from panel.remote.errors import RemoteError
 from panel.remote.ssh import Target
 
 logger = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_UNAVAILABLE = 4503
+CLOSE_UNAVAILABLE = 4503  # the server cannot be reached (the page retries); the others as the job log socket's
 POSITION = re.compile(r"^\d{1,20}-\d{1,20}$")
-MIN_INTERVAL = 0.2
 
 
 class ContainerLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
