@@ -42,6 +42,12 @@ _ROLLUP_LOCK = 0x6D6F6E726F6C6C  # "monroll"
 _WINDOW = re.compile(r"^([1-9][0-9]{0,4})([hd])$")
 
 
+def measured() -> bool:
+    """History is aggregated in PostgreSQL's SQL; on SQLite (the embedded default, where polling is off by default)
+    there is none: uptime is unmeasured, the bars are empty and the rollup does nothing."""
+    return connection.vendor == "postgresql"
+
+
 def window_delta(window: str) -> timedelta:
     """``"24h"`` / ``"7d"`` as a ``timedelta`` (``ValueError`` for anything else)."""
     match = _WINDOW.match(window)
@@ -131,7 +137,7 @@ def uptime(
     """
     ids = _ids(environment_ids)
     result: dict[int, dict[str, float | None]] = {env_id: dict.fromkeys(windows) for env_id in ids}
-    if not ids or not windows:
+    if not ids or not windows or not measured():
         return result
     bounds = Boundaries.at(now)
     hourly_floor = _trunc_day(bounds.now - timedelta(days=settings.MONITOR_HOURLY_RETENTION_DAYS))
@@ -215,6 +221,8 @@ def daily_bars(
     ``down_minutes`` counts down samples times the poll interval (``MONITOR_INTERVAL``), rounded; a day
     without measurements has ``uptime`` None.
     """
+    if not measured():
+        return {env_id: [] for env_id in _ids(environment_ids)}
     ids = _ids(environment_ids)
     bounds = Boundaries.at(now)
     today = bounds.now.astimezone(UTC).date()
@@ -351,6 +359,8 @@ def rollup(*, now: datetime | None = None) -> dict[str, int]:
     by whole days, so an hour or day that is rebuilt always still has all of its source rows. Returns the numbers
     of rows written and deleted (for the task's log).
     """
+    if not measured():
+        return {}
     now = now or timezone.now()
     raw_cutoff = _trunc_hour(now - timedelta(hours=settings.MONITOR_RAW_RETENTION_HOURS))
     hourly_cutoff = _trunc_day(now - timedelta(days=settings.MONITOR_HOURLY_RETENTION_DAYS))

@@ -169,6 +169,8 @@ class PanelCollector(Collector):
         for row in Job.objects.values("kind", "status").annotate(n=Count("pk")).order_by("kind", "status"):
             jobs.add_metric([row["kind"], row["status"]], row["n"])
         yield jobs
+        if connection.vendor != "postgresql":  # the durations are PostgreSQL's SQL (SQLite: counts only)
+            return
         buckets = ", ".join(f"COUNT(*) FILTER (WHERE d <= {float(bound)})" for bound in JOB_BUCKETS)
         table = connection.ops.quote_name(Job._meta.db_table)
         with connection.cursor() as cursor:

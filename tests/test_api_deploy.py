@@ -259,7 +259,9 @@ def test_it_exposes_deployment_fields_of_environments(users: Any, inventory: Any
     assert staff["current_deployment"] is None
     assert staff["state"] == "not deployed"
     assert staff["webhook_url"] == f"http://testserver/hooks/git/{env.project.webhook_id}/"
-    assert set(carol.get(url).json()) == {"id", "name", "kind", "domain", "project", "state", "state_detail"}
+    assert set(carol.get(url).json()) == {
+        "id", "name", "kind", "domain", "project", "state", "state_detail", "health_state", "uptime",
+    }  # fmt: skip
 
     assert alice.patch(url, {"auto_deploy": True}, format="json").json()["auto_deploy"] is True
     env.refresh_from_db()

@@ -126,6 +126,9 @@ def test_it_gives_customers_a_reduced_read_only_view(users: Any, inventory: Any,
             "project": inventory["project_a"].pk,
             "state": "deploying",  # the jobs fixture queued a deploy job there
             "state_detail": "Deploying.",
+            # Monitoring's health, which customers see too (never polled here: unknown, nothing measured).
+            "health_state": "unknown",
+            "uptime": {"24h": None, "7d": None, "30d": None, "365d": None},
         }
     ]
     job = carol.get(f"/api/v1/jobs/{jobs['env_a'].pk}/").json()
