@@ -31,7 +31,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Avg, Count, ExpressionWrapper, F, FloatField, Max, Q, Sum
+from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
+
+from .models import Rollup, RollupPeriod, Sample, ServerRollup, ServerSample
 
 WINDOWS = ("24h", "7d", "30d", "365d")
 
@@ -42,9 +46,9 @@ _ROLLUP_LOCK = 0x6D6F6E726F6C6C  # "monroll"
 _WINDOW = re.compile(r"^([1-9][0-9]{0,4})([hd])$")
 
 
-def measured() -> bool:
-    """History is aggregated in PostgreSQL's SQL; on SQLite (the embedded default, where polling is off by default)
-    there is none: uptime is unmeasured, the bars are empty and the rollup does nothing."""
+def _postgresql() -> bool:
+    """Uptime and bars are one SQL query on PostgreSQL; other databases (SQLite, the embedded default) get the same
+    figures from a few plain ORM queries summed in Python (``_uptime_portable``, ``_daily_bars_portable``)."""
     return connection.vendor == "postgresql"
 
 
@@ -137,9 +141,11 @@ def uptime(
     """
     ids = _ids(environment_ids)
     result: dict[int, dict[str, float | None]] = {env_id: dict.fromkeys(windows) for env_id in ids}
-    if not ids or not windows or not measured():
+    if not ids or not windows:
         return result
     bounds = Boundaries.at(now)
+    if not _postgresql():
+        return _uptime_portable(ids, windows, bounds, result)
     hourly_floor = _trunc_day(bounds.now - timedelta(days=settings.MONITOR_HOURLY_RETENTION_DAYS))
     params: dict[str, Any] = {"ids": ids, "raw": bounds.raw, "day": bounds.day}
     columns: list[str] = []
@@ -211,6 +217,115 @@ def uptime(
     return result
 
 
+# The same figures without PostgreSQL's SQL (SQLite, the embedded default): the rows each layer contributes, read
+# with plain ORM queries (a handful per call, whatever the number of environments), then summed in Python under the
+# same conditions as the SQL above. tests/test_monitor_history.py checks that both give the same numbers.
+Counts = tuple[int, int, int]  # up, degraded, down
+
+
+def _state_counts(state: str) -> Counts:
+    return int(state == "up"), int(state == "degraded"), int(state == "down")
+
+
+def _edges(ids: list[int], bounds: Boundaries) -> dict[int, datetime]:
+    """Per environment, where its hourly rollups end and its samples take over (``_EDGE``)."""
+    newest = dict(
+        Rollup.objects.filter(environment_id__in=ids, period=RollupPeriod.HOUR)
+        .values("environment_id")
+        .annotate(newest=Max("start"))
+        .order_by()
+        .values_list("environment_id", "newest")
+    )
+    return {
+        env_id: max(newest[env_id] + timedelta(hours=1), bounds.raw) if env_id in newest else bounds.raw
+        for env_id in ids
+    }
+
+
+def _rollup_rows(ids: list[int], period: str, **lookups: Any) -> list[tuple[int, datetime, Counts]]:
+    rows = Rollup.objects.filter(environment_id__in=ids, period=period, **lookups).values_list(
+        "environment_id", "start", "up", "degraded", "down"
+    )
+    return [(env_id, start, (up, degraded, down)) for env_id, start, up, degraded, down in rows]
+
+
+def _uptime_portable(
+    ids: list[int], windows: Sequence[str], bounds: Boundaries, result: dict[int, dict[str, float | None]]
+) -> dict[int, dict[str, float | None]]:
+    hourly_floor = _trunc_day(bounds.now - timedelta(days=settings.MONITOR_HOURLY_RETENTION_DAYS))
+    edges = _edges(ids, bounds)
+    # Per window (short, lower, upper): within the raw retention (True, its start, its first whole hour), else
+    # (False, its first hour, its first whole day).
+    plans: list[tuple[bool, datetime, datetime]] = []
+    sample_from, hourly_from, daily_from = min(edges.values()), bounds.day, bounds.day
+    for window in windows:
+        start = bounds.now - window_delta(window)
+        if start >= bounds.raw:
+            plans.append((True, start, _ceil_hour(start)))
+            sample_from = min(sample_from, start)
+        else:
+            first_hour = _trunc_hour(start) if _trunc_hour(start) >= hourly_floor else _trunc_day(start)
+            first_day = min(_ceil_day(first_hour), bounds.day)
+            plans.append((False, first_hour, first_day))
+            hourly_from, daily_from = min(hourly_from, first_hour), min(daily_from, first_day)
+    totals = {env_id: [[0, 0, 0] for _ in windows] for env_id in ids}
+
+    def add(env_id: int, index: int, counts: Counts) -> None:
+        total = totals[env_id][index]
+        for position, value in enumerate(counts):
+            total[position] += value
+
+    samples = Sample.objects.filter(environment_id__in=ids, at__gte=sample_from).values_list(
+        "environment_id", "at", "state"
+    )
+    for env_id, at, state in samples:
+        edge, counts = edges[env_id], _state_counts(state)
+        for index, (short, lower, upper) in enumerate(plans):
+            if (at >= edge and (not short or at >= lower)) or (short and lower <= at < min(upper, edge)):
+                add(env_id, index, counts)
+    for env_id, at, counts in _rollup_rows(ids, RollupPeriod.HOUR, start__gte=hourly_from):
+        if at >= edges[env_id]:
+            continue
+        for index, (short, lower, upper) in enumerate(plans):
+            if (short and at >= upper) or (not short and at >= lower and (at < upper or at >= bounds.day)):
+                add(env_id, index, counts)
+    for env_id, at, counts in _rollup_rows(ids, RollupPeriod.DAY, start__gte=daily_from, start__lt=bounds.day):
+        for index, (short, _lower, upper) in enumerate(plans):
+            if not short and at >= upper:
+                add(env_id, index, counts)
+    for env_id, per_window in totals.items():
+        for index, window in enumerate(windows):
+            up, degraded, down = per_window[index]
+            total = up + degraded + down
+            result[env_id][window] = up / total if total else None
+    return result
+
+
+def _daily_counts_portable(ids: list[int], bounds: Boundaries, first: datetime) -> dict[tuple[int, date], Counts]:
+    edges = _edges(ids, bounds)
+    found: dict[tuple[int, date], list[int]] = {}
+
+    def add(env_id: int, at: datetime, counts: Counts) -> None:
+        if at < first:
+            return
+        total = found.setdefault((env_id, at.astimezone(UTC).date()), [0, 0, 0])
+        for position, value in enumerate(counts):
+            total[position] += value
+
+    samples = Sample.objects.filter(environment_id__in=ids, at__gte=max(min(edges.values()), first)).values_list(
+        "environment_id", "at", "state"
+    )
+    for env_id, at, state in samples:
+        if at >= edges[env_id]:
+            add(env_id, at, _state_counts(state))
+    for env_id, at, counts in _rollup_rows(ids, RollupPeriod.HOUR, start__gte=max(bounds.day, first)):
+        if at < edges[env_id]:
+            add(env_id, at, counts)
+    for env_id, at, counts in _rollup_rows(ids, RollupPeriod.DAY, start__gte=first, start__lt=bounds.day):
+        add(env_id, at, counts)
+    return {key: (up, degraded, down) for key, (up, degraded, down) in found.items()}
+
+
 def daily_bars(
     environment_ids: Iterable[int], days: int = 90, *, now: datetime | None = None
 ) -> dict[int, list[dict[str, Any]]]:
@@ -221,8 +336,6 @@ def daily_bars(
     ``down_minutes`` counts down samples times the poll interval (``MONITOR_INTERVAL``), rounded; a day
     without measurements has ``uptime`` None.
     """
-    if not measured():
-        return {env_id: [] for env_id in _ids(environment_ids)}
     ids = _ids(environment_ids)
     bounds = Boundaries.at(now)
     today = bounds.now.astimezone(UTC).date()
@@ -231,6 +344,12 @@ def daily_bars(
     if not ids:
         return {}
     first_start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    counts = _daily_counts if _postgresql() else _daily_counts_portable
+    return _bars(ids, all_days, counts(ids, bounds, first_start))
+
+
+def _daily_counts(ids: list[int], bounds: Boundaries, first: datetime) -> dict[tuple[int, date], Counts]:
+    """(up, degraded, down) per environment and UTC day from ``first`` on, in one query."""
     # Only constant fragments and placeholders are formatted in.
     sql = f"""
         WITH {_EDGE}, src AS (
@@ -252,13 +371,16 @@ def daily_bars(
                SUM(up), SUM(degraded), SUM(down)
           FROM src WHERE ts >= %(first)s GROUP BY 1, 2
     """  # noqa: S608
-    params: dict[str, Any] = {"ids": ids, "raw": bounds.raw, "day": bounds.day, "first": first_start}
+    params: dict[str, Any] = {"ids": ids, "raw": bounds.raw, "day": bounds.day, "first": first}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    found: dict[tuple[int, date], tuple[int, int, int]] = {
-        (row[0], row[1]): (int(row[2] or 0), int(row[3] or 0), int(row[4] or 0)) for row in rows
-    }
+    return {(row[0], row[1]): (int(row[2] or 0), int(row[3] or 0), int(row[4] or 0)) for row in rows}
+
+
+def _bars(
+    ids: list[int], all_days: list[date], found: dict[tuple[int, date], Counts]
+) -> dict[int, list[dict[str, Any]]]:
     interval_minutes = float(getattr(settings, "MONITOR_INTERVAL", 30) or 30) / 60
     bars: dict[int, list[dict[str, Any]]] = {}
     for env_id in ids:
@@ -276,122 +398,185 @@ def daily_bars(
     return bars
 
 
-_UPSERT_HOURLY = """
-    INSERT INTO monitoring_rollup (environment_id, period, start, up, degraded, down, unknown, maintenance,
-                                   http_ms_avg, http_ms_max, cpu_percent_avg, memory_bytes_avg)
-    SELECT environment_id, 'hour', date_trunc('hour', at, 'UTC'),
-           COUNT(*) FILTER (WHERE state = 'up'), COUNT(*) FILTER (WHERE state = 'degraded'),
-           COUNT(*) FILTER (WHERE state = 'down'), COUNT(*) FILTER (WHERE state = 'unknown'),
-           COUNT(*) FILTER (WHERE state = 'maintenance'),
-           AVG(http_ms), MAX(http_ms), AVG(cpu_percent), AVG(memory_bytes)
-      FROM monitoring_sample WHERE at >= %(since)s AND at < %(until)s
-     GROUP BY 1, 3 ORDER BY 1, 3
-    ON CONFLICT (environment_id, period, start) DO UPDATE SET
-        up = EXCLUDED.up, degraded = EXCLUDED.degraded, down = EXCLUDED.down, unknown = EXCLUDED.unknown,
-        maintenance = EXCLUDED.maintenance, http_ms_avg = EXCLUDED.http_ms_avg, http_ms_max = EXCLUDED.http_ms_max,
-        cpu_percent_avg = EXCLUDED.cpu_percent_avg, memory_bytes_avg = EXCLUDED.memory_bytes_avg
-"""
-
-# Daily from hourly: averages weighted by each hour's sample count (an hour's average covers that many polls).
-_UPSERT_DAILY = """
-    INSERT INTO monitoring_rollup (environment_id, period, start, up, degraded, down, unknown, maintenance,
-                                   http_ms_avg, http_ms_max, cpu_percent_avg, memory_bytes_avg)
-    SELECT environment_id, 'day', date_trunc('day', start, 'UTC'),
-           SUM(up), SUM(degraded), SUM(down), SUM(unknown), SUM(maintenance),
-           SUM(http_ms_avg * n) / NULLIF(SUM(n) FILTER (WHERE http_ms_avg IS NOT NULL), 0), MAX(http_ms_max),
-           SUM(cpu_percent_avg * n) / NULLIF(SUM(n) FILTER (WHERE cpu_percent_avg IS NOT NULL), 0),
-           SUM(memory_bytes_avg * n) / NULLIF(SUM(n) FILTER (WHERE memory_bytes_avg IS NOT NULL), 0)
-      FROM (SELECT *, up + degraded + down + unknown + maintenance AS n FROM monitoring_rollup
-             WHERE period = 'hour' AND start >= %(since)s) AS hours
-     GROUP BY 1, 3 ORDER BY 1, 3
-    ON CONFLICT (environment_id, period, start) DO UPDATE SET
-        up = EXCLUDED.up, degraded = EXCLUDED.degraded, down = EXCLUDED.down, unknown = EXCLUDED.unknown,
-        maintenance = EXCLUDED.maintenance, http_ms_avg = EXCLUDED.http_ms_avg, http_ms_max = EXCLUDED.http_ms_max,
-        cpu_percent_avg = EXCLUDED.cpu_percent_avg, memory_bytes_avg = EXCLUDED.memory_bytes_avg
-"""
-
-_UPSERT_SERVER_HOURLY = """
-    INSERT INTO monitoring_serverrollup (server_id, period, start, reachable, unreachable, load1_avg,
-                                         memory_used_bytes_avg, disk_used_bytes_max)
-    SELECT server_id, 'hour', date_trunc('hour', at, 'UTC'),
-           COUNT(*) FILTER (WHERE reachable), COUNT(*) FILTER (WHERE NOT reachable),
-           AVG(load1), AVG(memory_used_bytes), MAX(disk_used_bytes)
-      FROM monitoring_serversample WHERE at >= %(since)s AND at < %(until)s
-     GROUP BY 1, 3 ORDER BY 1, 3
-    ON CONFLICT (server_id, period, start) DO UPDATE SET
-        reachable = EXCLUDED.reachable, unreachable = EXCLUDED.unreachable, load1_avg = EXCLUDED.load1_avg,
-        memory_used_bytes_avg = EXCLUDED.memory_used_bytes_avg, disk_used_bytes_max = EXCLUDED.disk_used_bytes_max
-"""
-
-_UPSERT_SERVER_DAILY = """
-    INSERT INTO monitoring_serverrollup (server_id, period, start, reachable, unreachable, load1_avg,
-                                         memory_used_bytes_avg, disk_used_bytes_max)
-    SELECT server_id, 'day', date_trunc('day', start, 'UTC'), SUM(reachable), SUM(unreachable),
-           SUM(load1_avg * n) / NULLIF(SUM(n) FILTER (WHERE load1_avg IS NOT NULL), 0),
-           SUM(memory_used_bytes_avg * n) / NULLIF(SUM(n) FILTER (WHERE memory_used_bytes_avg IS NOT NULL), 0),
-           MAX(disk_used_bytes_max)
-      FROM (SELECT *, reachable + unreachable AS n FROM monitoring_serverrollup
-             WHERE period = 'hour' AND start >= %(since)s) AS hours
-     GROUP BY 1, 3 ORDER BY 1, 3
-    ON CONFLICT (server_id, period, start) DO UPDATE SET
-        reachable = EXCLUDED.reachable, unreachable = EXCLUDED.unreachable, load1_avg = EXCLUDED.load1_avg,
-        memory_used_bytes_avg = EXCLUDED.memory_used_bytes_avg, disk_used_bytes_max = EXCLUDED.disk_used_bytes_max
-"""
-
-
-def _since(cursor: Any, table: str, floor: datetime) -> datetime:
+def _since(model: type[Rollup] | type[ServerRollup], floor: datetime) -> datetime:
     """Where to (re)build from: an hour before the newest hourly rollup (samples of a poll that ended after the
     hour turned), or everything there is on the first run; never before ``floor``."""
-    cursor.execute(f"SELECT MAX(start) FROM {table} WHERE period = 'hour'")  # noqa: S608 (constant table names)
-    newest = cursor.fetchone()[0]
+    newest = model.objects.filter(period=RollupPeriod.HOUR).aggregate(newest=Max("start"))["newest"]
     if newest is None:
         return floor
     return max(floor, newest - timedelta(hours=1))
 
 
+def _upsert(model: type[Rollup] | type[ServerRollup], rows: list[Any], owner: str, fields: Sequence[str]) -> int:
+    """Insert or update rollups on their unique constraint (``INSERT ... ON CONFLICT DO UPDATE`` on both
+    databases)."""
+    if rows:
+        model.objects.bulk_create(
+            rows, batch_size=500, update_conflicts=True, unique_fields=[owner, "period", "start"], update_fields=fields
+        )
+    return len(rows)
+
+
+def _weighted(fields: Sequence[str]) -> dict[str, Any]:
+    """Daily averages from hourly ones, weighted by each hour's sample count ``n`` (an hour's average covers that
+    many polls): per field, the weighted sum and the weight of the hours that have the average."""
+    aggregates: dict[str, Any] = {}
+    for field in fields:
+        aggregates[f"{field}__w"] = Sum(ExpressionWrapper(F(field) * F("n"), output_field=FloatField()))
+        aggregates[f"{field}__n"] = Sum("n", filter=Q(**{f"{field}__isnull": False}))
+    return aggregates
+
+
+def _average(row: dict[str, Any], field: str) -> float | None:
+    weight = row[f"{field}__n"]
+    return row[f"{field}__w"] / weight if weight else None
+
+
+_ENV_COUNTS = ("up", "degraded", "down", "unknown", "maintenance")
+_ENV_AVERAGES = ("http_ms_avg", "cpu_percent_avg", "memory_bytes_avg")
+_ENV_FIELDS = (*_ENV_COUNTS, *_ENV_AVERAGES, "http_ms_max")
+_SERVER_AVERAGES = ("load1_avg", "memory_used_bytes_avg")
+_SERVER_FIELDS = ("reachable", "unreachable", *_SERVER_AVERAGES, "disk_used_bytes_max")
+
+
+def _environment_rollups(since: datetime, until: datetime, daily_since: datetime) -> tuple[int, int]:
+    hours = (
+        Sample.objects.filter(at__gte=since, at__lt=until)
+        .annotate(hour=TruncHour("at", tzinfo=UTC))
+        .values("environment_id", "hour")
+        .annotate(
+            **{state: Count("pk", filter=Q(state=state)) for state in _ENV_COUNTS},
+            http_ms_avg=Avg("http_ms"),
+            http_ms_max=Max("http_ms"),
+            cpu_percent_avg=Avg("cpu_percent"),
+            memory_bytes_avg=Avg("memory_bytes"),
+        )
+        .order_by()
+    )
+    hourly = _upsert(
+        Rollup,
+        [
+            Rollup(environment_id=row["environment_id"], period=RollupPeriod.HOUR, start=row["hour"],
+                   **{name: row[name] for name in _ENV_FIELDS})
+            for row in hours
+        ],
+        "environment",
+        _ENV_FIELDS,
+    )  # fmt: skip
+    days = (
+        Rollup.objects.filter(period=RollupPeriod.HOUR, start__gte=daily_since)
+        .annotate(day=TruncDay("start", tzinfo=UTC), n=sum((F(name) for name in _ENV_COUNTS[1:]), F(_ENV_COUNTS[0])))
+        .values("environment_id", "day")
+        .annotate(
+            **{f"{state}_n": Sum(state) for state in _ENV_COUNTS},
+            max_ms=Max("http_ms_max"),
+            **_weighted(_ENV_AVERAGES),
+        )
+        .order_by()
+    )
+    daily = _upsert(
+        Rollup,
+        [
+            Rollup(environment_id=row["environment_id"], period=RollupPeriod.DAY, start=row["day"],
+                   http_ms_max=row["max_ms"], **{name: row[f"{name}_n"] for name in _ENV_COUNTS},
+                   **{name: _average(row, name) for name in _ENV_AVERAGES})
+            for row in days
+        ],
+        "environment",
+        _ENV_FIELDS,
+    )  # fmt: skip
+    return hourly, daily
+
+
+def _server_rollups(since: datetime, until: datetime, daily_since: datetime) -> tuple[int, int]:
+    hours = (
+        ServerSample.objects.filter(at__gte=since, at__lt=until)
+        .annotate(hour=TruncHour("at", tzinfo=UTC))
+        .values("server_id", "hour")
+        .annotate(
+            reachable_n=Count("pk", filter=Q(reachable=True)),
+            unreachable_n=Count("pk", filter=Q(reachable=False)),
+            load1_avg=Avg("load1"),
+            memory_used_bytes_avg=Avg("memory_used_bytes"),
+            disk_used_bytes_max=Max("disk_used_bytes"),
+        )
+        .order_by()
+    )
+    hourly = _upsert(
+        ServerRollup,
+        [
+            ServerRollup(server_id=row["server_id"], period=RollupPeriod.HOUR, start=row["hour"],
+                         reachable=row["reachable_n"], unreachable=row["unreachable_n"],
+                         **{name: row[name] for name in (*_SERVER_AVERAGES, "disk_used_bytes_max")})
+            for row in hours
+        ],
+        "server",
+        _SERVER_FIELDS,
+    )  # fmt: skip
+    days = (
+        ServerRollup.objects.filter(period=RollupPeriod.HOUR, start__gte=daily_since)
+        .annotate(day=TruncDay("start", tzinfo=UTC), n=F("reachable") + F("unreachable"))
+        .values("server_id", "day")
+        .annotate(
+            reachable_n=Sum("reachable"),
+            unreachable_n=Sum("unreachable"),
+            disk_max=Max("disk_used_bytes_max"),
+            **_weighted(_SERVER_AVERAGES),
+        )
+        .order_by()
+    )
+    daily = _upsert(
+        ServerRollup,
+        [
+            ServerRollup(server_id=row["server_id"], period=RollupPeriod.DAY, start=row["day"],
+                         reachable=row["reachable_n"], unreachable=row["unreachable_n"],
+                         disk_used_bytes_max=row["disk_max"], **{name: _average(row, name) for name in _SERVER_AVERAGES})
+            for row in days
+        ],
+        "server",
+        _SERVER_FIELDS,
+    )  # fmt: skip
+    return hourly, daily
+
+
 def rollup(*, now: datetime | None = None) -> dict[str, int]:
     """Build hourly rollups (from samples) and daily ones (from hourly rollups) for environments and servers, then
-    prune every layer past its retention. Idempotent: rows are upserted on their unique constraint, each hour and
-    day is recomputed whole from what its source still holds, and a transaction-level advisory lock makes a second
-    worker wait and then compute the same rows.
+    prune every layer past its retention. Idempotent: rows are upserted on their unique constraint and each hour and
+    day is recomputed whole from what its source still holds. On PostgreSQL a transaction-level advisory lock makes
+    a second worker wait and then compute the same rows; on SQLite (one machine) writers are serialized by the
+    database itself, and a second run recomputes the same rows.
 
     Raw samples go by whole hours (older than the hour of ``now - MONITOR_RAW_RETENTION_HOURS``), hourly rollups
     by whole days, so an hour or day that is rebuilt always still has all of its source rows. Returns the numbers
     of rows written and deleted (for the task's log).
     """
-    if not measured():
-        return {}
     now = now or timezone.now()
     raw_cutoff = _trunc_hour(now - timedelta(hours=settings.MONITOR_RAW_RETENTION_HOURS))
     hourly_cutoff = _trunc_day(now - timedelta(days=settings.MONITOR_HOURLY_RETENTION_DAYS))
     daily_cutoff = _trunc_day(now - timedelta(days=settings.MONITOR_DAILY_RETENTION_DAYS))
     epoch = datetime(2000, 1, 1, tzinfo=UTC)
     counts: dict[str, int] = {}
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
-        for label, table, hourly, daily in (
-            ("environment", "monitoring_rollup", _UPSERT_HOURLY, _UPSERT_DAILY),
-            ("server", "monitoring_serverrollup", _UPSERT_SERVER_HOURLY, _UPSERT_SERVER_DAILY),
+    with transaction.atomic():
+        if _postgresql():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
+        for label, model, build in (
+            ("environment", Rollup, _environment_rollups),
+            ("server", ServerRollup, _server_rollups),
         ):
-            since = _since(cursor, table, epoch)
+            since = _since(model, epoch)
             # Whole hours only: an hourly rollup exists once its hour has ended (readers take samples after it).
-            cursor.execute(hourly, {"since": since, "until": _trunc_hour(now)})
-            counts[f"{label}_hourly"] = cursor.rowcount
             # Only whole days whose hours are all still kept are rebuilt.
-            cursor.execute(daily, {"since": max(_trunc_day(since), hourly_cutoff)})
-            counts[f"{label}_daily"] = cursor.rowcount
-        for label, sql, cutoff in (
-            ("samples", "DELETE FROM monitoring_sample WHERE at < %s", raw_cutoff),
-            ("server_samples", "DELETE FROM monitoring_serversample WHERE at < %s", raw_cutoff),
-            ("hourly", "DELETE FROM monitoring_rollup WHERE period = 'hour' AND start < %s", hourly_cutoff),
-            ("daily", "DELETE FROM monitoring_rollup WHERE period = 'day' AND start < %s", daily_cutoff),
-            (
-                "server_hourly",
-                "DELETE FROM monitoring_serverrollup WHERE period = 'hour' AND start < %s",
-                hourly_cutoff,
-            ),
-            ("server_daily", "DELETE FROM monitoring_serverrollup WHERE period = 'day' AND start < %s", daily_cutoff),
+            counts[f"{label}_hourly"], counts[f"{label}_daily"] = build(
+                since, _trunc_hour(now), max(_trunc_day(since), hourly_cutoff)
+            )
+        for label, queryset in (
+            ("samples", Sample.objects.filter(at__lt=raw_cutoff)),
+            ("server_samples", ServerSample.objects.filter(at__lt=raw_cutoff)),
+            ("hourly", Rollup.objects.filter(period=RollupPeriod.HOUR, start__lt=hourly_cutoff)),
+            ("daily", Rollup.objects.filter(period=RollupPeriod.DAY, start__lt=daily_cutoff)),
+            ("server_hourly", ServerRollup.objects.filter(period=RollupPeriod.HOUR, start__lt=hourly_cutoff)),
+            ("server_daily", ServerRollup.objects.filter(period=RollupPeriod.DAY, start__lt=daily_cutoff)),
         ):
-            cursor.execute(sql, [cutoff])
-            counts[f"pruned_{label}"] = cursor.rowcount
+            counts[f"pruned_{label}"] = queryset.delete()[0]
     return counts

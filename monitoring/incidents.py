@@ -85,7 +85,7 @@ RECOVER_RECHECK_EVERY = 20
 _UPDATE_SQL = """
 UPDATE monitoring_checkstate SET
     status = %(status)s, message = %(message)s, value = %(value)s, checked_at = %(at)s,
-    details = COALESCE(%(details)s::jsonb, details),
+    details = COALESCE(%(details)s{jsonb}, details),
     changed_at = CASE WHEN status <> %(status)s THEN %(at)s ELSE changed_at END,
     consecutive_failures = CASE WHEN %(counted)s AND %(failing)s THEN consecutive_failures + 1
                                 WHEN %(counted)s THEN 0 ELSE consecutive_failures END,
@@ -113,12 +113,14 @@ def _record_result(
         "counted": status != CheckStatus.UNKNOWN, "failing": status == CheckStatus.FAILING,
         "environment": environment.pk, "name": name,
     }  # fmt: skip
+    # SQLite (3.35+) has RETURNING too; its JSON column is text, PostgreSQL's jsonb wants the cast.
+    sql = _UPDATE_SQL.replace("{jsonb}", "::jsonb" if connection.vendor == "postgresql" else "")
     with connection.cursor() as cursor:
-        cursor.execute(_UPDATE_SQL, params)
+        cursor.execute(sql, params)
         row = cursor.fetchone()
         if row is None:  # the check's first result: create its row (a concurrent first one may win), then count
             CheckState.objects.get_or_create(environment=environment, name=name, defaults={"changed_at": at})
-            cursor.execute(_UPDATE_SQL, params)
+            cursor.execute(sql, params)
             row = cursor.fetchone()
     if status == CheckStatus.UNKNOWN:
         return None

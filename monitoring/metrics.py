@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -153,6 +153,33 @@ def process_totals() -> dict[str, int] | None:
     return {**counters, "ssh_open": sum(counts), "ssh_processes": len(counts)}
 
 
+def _job_durations() -> list[tuple[Any, ...]]:
+    """Per job kind: (kind, count, total seconds, cumulative count per ``JOB_BUCKETS`` bound) of finished jobs. One
+    aggregate query on PostgreSQL; elsewhere (SQLite, one machine) the start and end times are summed here."""
+    from panel.jobs.models import Job
+
+    finished = Job.objects.filter(finished_at__isnull=False, started_at__isnull=False)
+    if connection.vendor == "postgresql":
+        buckets = ", ".join(f"COUNT(*) FILTER (WHERE d <= {float(bound)})" for bound in JOB_BUCKETS)
+        table = connection.ops.quote_name(Job._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT kind, COUNT(*), SUM(d), {buckets} FROM (SELECT kind, "  # noqa: S608 (constants only)
+                f"EXTRACT(EPOCH FROM finished_at - started_at)::float8 AS d FROM {table} "
+                "WHERE finished_at IS NOT NULL AND started_at IS NOT NULL) AS finished GROUP BY kind ORDER BY kind"
+            )
+            return [tuple(row) for row in cursor.fetchall()]
+    per_kind: dict[str, list[float]] = {}
+    for kind, started, ended in finished.values_list("kind", "started_at", "finished_at").iterator():
+        row = per_kind.setdefault(kind, [0, 0.0, *(0 for _ in JOB_BUCKETS)])
+        seconds = (ended - started).total_seconds() if ended and started else 0.0
+        row[0] += 1
+        row[1] += seconds
+        for index, bound in enumerate(JOB_BUCKETS):
+            row[2 + index] += seconds <= bound
+    return [(kind, *row) for kind, row in sorted(per_kind.items())]
+
+
 class PanelCollector(Collector):
     """Builds every series at scrape time from the database (a fixed number of queries) and Redis."""
 
@@ -169,21 +196,10 @@ class PanelCollector(Collector):
         for row in Job.objects.values("kind", "status").annotate(n=Count("pk")).order_by("kind", "status"):
             jobs.add_metric([row["kind"], row["status"]], row["n"])
         yield jobs
-        if connection.vendor != "postgresql":  # the durations are PostgreSQL's SQL (SQLite: counts only)
-            return
-        buckets = ", ".join(f"COUNT(*) FILTER (WHERE d <= {float(bound)})" for bound in JOB_BUCKETS)
-        table = connection.ops.quote_name(Job._meta.db_table)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT kind, COUNT(*), SUM(d), {buckets} FROM (SELECT kind, "  # noqa: S608 (constants only)
-                f"EXTRACT(EPOCH FROM finished_at - started_at)::float8 AS d FROM {table} "
-                "WHERE finished_at IS NOT NULL AND started_at IS NOT NULL) AS finished GROUP BY kind ORDER BY kind"
-            )
-            rows = cursor.fetchall()
         durations = HistogramMetricFamily(
             "panel_job_duration_seconds", "Run time of finished jobs (started to finished).", labels=["kind"]
         )
-        for kind, count, total, *cumulative in rows:
+        for kind, count, total, *cumulative in _job_durations():
             points = [(str(float(bound)), int(n)) for bound, n in zip(JOB_BUCKETS, cumulative, strict=True)]
             durations.add_metric([kind], [*points, ("+Inf", int(count))], sum_value=float(total or 0.0))
         yield durations

@@ -30,6 +30,7 @@ plus ``monitoring.incidents.observe`` once per check per environment.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -38,12 +39,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from monitoring import checks, live, odoo_checks
+from monitoring import checks, live, logs, odoo_checks
 from monitoring.checks import CheckResult, unknown
 from monitoring.models import (
     CheckState,
@@ -754,15 +756,29 @@ def servers_to_poll() -> list[int]:
     )
 
 
-def _try_lock(server_id: int) -> bool:
+def _lock_name(server_id: int) -> str:
+    return f"panel:monitoring:poll-lock:{server_id}"
+
+
+def _try_lock(server_id: int) -> Any:
+    """The server's cycle lock, or None when another cycle holds it. On PostgreSQL a session advisory lock (it ends
+    with the worker's connection); elsewhere (SQLite, one machine) a Redis lock that lapses after twice a cycle's
+    bound should its worker die."""
+    if connection.vendor != "postgresql":
+        lock = logs.redis_client().lock(_lock_name(server_id), timeout=2 * settings.MONITOR_SERVER_TIMEOUT + 30)
+        return lock if lock.acquire(blocking=False) else None
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_LOCK_CLASS, server_id])
-        return bool(cursor.fetchone()[0])
+        return server_id if cursor.fetchone()[0] else None
 
 
-def _unlock(server_id: int) -> None:
+def _unlock(lock: Any) -> None:
+    if connection.vendor != "postgresql":
+        with contextlib.suppress(redis.exceptions.LockError):  # it lapsed; whoever holds it now keeps it
+            lock.release()
+        return
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_CLASS, server_id])
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_CLASS, lock])
 
 
 def poll_argv(watched: Iterable[Watched], *, with_odoo: bool) -> list[str]:
@@ -793,13 +809,14 @@ def poll_server(server_id: int, *, with_odoo: bool | None = None, now: datetime 
     ``MONITOR_ODOO_CHECK_EVERY`` cycles, the first one included). A cycle of the same server that is still running
     elsewhere makes this one a no-op (``skipped``)."""
     report = CycleReport(server_id=server_id)
-    if not _try_lock(server_id):
+    lock = _try_lock(server_id)
+    if lock is None:
         report.skipped = True
         return report
     try:
         _poll_locked(server_id, report, with_odoo, now)
     finally:
-        _unlock(server_id)
+        _unlock(lock)
     return report
 
 

@@ -262,10 +262,7 @@ MONITOR_METRICS_TOKEN = envstr("MONITOR_METRICS_TOKEN", "")
 # Polling (monitoring.poller): every MONITOR_INTERVAL seconds (0: no polling) one cycle per server, bounded by
 # MONITOR_SERVER_TIMEOUT; each HTTP/websocket probe by MONITOR_PROBE_TIMEOUT, docker stats and each psql by
 # MONITOR_SQL_TIMEOUT. The Odoo checks (monitoring.odoo_checks) run every MONITOR_ODOO_CHECK_EVERY cycles.
-# Off by default on SQLite (the embedded default): monitoring's locks and aggregates are PostgreSQL's.
-MONITOR_INTERVAL = envint(
-    "MONITOR_INTERVAL", 0 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 30, minimum=0
-)
+MONITOR_INTERVAL = envint("MONITOR_INTERVAL", 30, minimum=0)
 MONITOR_SERVER_TIMEOUT = envfloat("MONITOR_SERVER_TIMEOUT", 25.0)
 # A poll older than this (0: 3 x MONITOR_INTERVAL + MONITOR_SERVER_TIMEOUT) says nothing: its environment is unknown.
 MONITOR_STALE_SECONDS = envint("MONITOR_STALE_SECONDS", 0, minimum=0)

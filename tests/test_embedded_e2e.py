@@ -4,7 +4,8 @@ its own web, worker and beat), used only through HTTP as a person and a script w
 A person logs in with the printed first login, adds lab1 and lab2 with the HTML forms, checks and confirms
 their fingerprints; a token made through the API sets up the sample project. Then validations of both servers
 and a deploy run at the same time, twice: every job succeeds, and neither log shows "database is locked" or a
-traceback (the first Validate of a fresh panel used to die with "database is locked").
+traceback (the first Validate of a fresh panel used to die with "database is locked"). Meanwhile beat polls the
+fleet and rolls up history on SQLite: the deployed environment turns up, with its uptime, on the dashboard.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def test_it_validates_two_servers_and_deploys_at_once_on_sqlite_with_no_internal
     tmp_path: Path, lab1: Any, lab2: Any, lab_sample: Any
 ) -> None:
     clean_host(lab1)
-    panel = start_panel(tmp_path)
+    # Monitoring runs on SQLite too: beat polls every 5 s and rolls up every 10 s, during the deploys.
+    panel = start_panel(tmp_path, MONITOR_INTERVAL="5", MONITOR_ROLLUP_INTERVAL="10")
     pids = list(panel.children().values())
     try:
         assert panel.username in panel.login()
@@ -127,6 +129,19 @@ def test_it_validates_two_servers_and_deploys_at_once_on_sqlite_with_no_internal
         assert health(lab1) == {"status": "pass"}
         status, page = panel.get(f"/servers/{servers[0]}/")
         assert status == 200, page[-2000:]
+
+        # Beat's poll cycles reach the running environment: it is up, with its uptime measured, on the dashboard.
+        deadline = time.monotonic() + 90
+        while True:
+            status, state = panel.api("GET", f"/api/v1/environments/{environment['id']}/health/", token)
+            assert status == 200, state
+            if state["state"] == "up" and state["uptime"]["24h"] is not None:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(1)
+        assert 0 < state["uptime"]["24h"] <= 1, state  # (a poll may have caught the second deploy's restart)
+        status, page = panel.get("/dashboard/")
+        assert status == 200 and "Panel demo" in page, page[-2000:]
 
         log = panel.log_text()
         assert "database is locked" not in log, log[-8000:]

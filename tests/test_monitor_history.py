@@ -26,6 +26,16 @@ def _samples(env: Any, start: datetime, minutes: int, state: str, *, step: int =
     )
 
 
+@pytest.fixture(params=["sql", "portable"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Run a reader test both ways: PostgreSQL's one query, and the portable readers SQLite uses (plain ORM queries
+    summed in Python), which must give the same figures. Returns the queries each reader costs."""
+    if request.param == "portable":
+        monkeypatch.setattr(history, "_postgresql", lambda: False)
+        return {"uptime": 4, "bars": 4}
+    return {"uptime": 1, "bars": 1}
+
+
 def _rollups(env: Any, period: str) -> dict[datetime, Rollup]:
     return {r.start: r for r in Rollup.objects.filter(environment=env, period=period)}
 
@@ -136,7 +146,7 @@ def test_it_prunes_each_layer_past_its_retention(inventory: dict[str, Any]) -> N
     assert datetime(2026, 1, 1, tzinfo=UTC) in days
 
 
-def test_it_computes_uptime_windows_from_samples_and_rollups(inventory: dict[str, Any]) -> None:
+def test_it_computes_uptime_windows_from_samples_and_rollups(inventory: dict[str, Any], reader: dict[str, int]) -> None:
     env, other = inventory["env_a"], inventory["env_b"]
     # The last 24 hours from samples: 90 up, 10 down, unknown and maintenance left out.
     _samples(env, NOW - timedelta(hours=2), 90, "up")
@@ -153,7 +163,7 @@ def test_it_computes_uptime_windows_from_samples_and_rollups(inventory: dict[str
 
     with CaptureQueriesContext(connection) as queries:
         found = history.uptime([env.id, other.id], now=NOW)
-    assert len(queries) == 1
+    assert len(queries) == reader["uptime"]
     assert found[env.id]["24h"] == pytest.approx(90 / 100)
     assert found[env.id]["7d"] == pytest.approx(190 / 300)
     assert found[env.id]["30d"] == pytest.approx(190 / 300)
@@ -161,7 +171,9 @@ def test_it_computes_uptime_windows_from_samples_and_rollups(inventory: dict[str
     assert found[other.id] == {"24h": None, "7d": None, "30d": None, "365d": None}
 
 
-def test_it_gives_the_same_uptime_from_rollups_as_from_the_samples_alone(inventory: dict[str, Any]) -> None:
+def test_it_gives_the_same_uptime_from_rollups_as_from_the_samples_alone(
+    inventory: dict[str, Any], reader: dict[str, int]
+) -> None:
     env = inventory["env_a"]
     start = NOW - timedelta(hours=30)
     Sample.objects.bulk_create(
@@ -176,7 +188,7 @@ def test_it_gives_the_same_uptime_from_rollups_as_from_the_samples_alone(invento
     assert max(hourly.values_list("start", flat=True)) == NOW.replace(minute=0) - timedelta(hours=1)
     with CaptureQueriesContext(connection) as queries:
         from_rollups = history.uptime([env.id], (*windows, "7d"), now=NOW)[env.id]
-    assert len(queries) == 1
+    assert len(queries) == reader["uptime"]
     for window in windows:
         minutes = [m for m in range(30 * 60) if start + timedelta(minutes=m) >= NOW - history.window_delta(window)]
         expected = sum(1 for m in minutes if m % 7) / len(minutes)
@@ -185,7 +197,7 @@ def test_it_gives_the_same_uptime_from_rollups_as_from_the_samples_alone(invento
     assert from_rollups["7d"] == pytest.approx(sum(1 for m in range(30 * 60) if m % 7) / (30 * 60))
 
 
-def test_it_draws_daily_bars_with_an_outage_in_its_day(inventory: dict[str, Any]) -> None:
+def test_it_draws_daily_bars_with_an_outage_in_its_day(inventory: dict[str, Any], reader: dict[str, int]) -> None:
     env = inventory["env_a"]
     outage_day = (NOW - timedelta(days=5)).replace(hour=0, minute=0)
     # Five days ago: 23 hours up, then one hour down (every minute), rolled up from samples seeded "in the past".
@@ -197,7 +209,7 @@ def test_it_draws_daily_bars_with_an_outage_in_its_day(inventory: dict[str, Any]
 
     with CaptureQueriesContext(connection) as queries:
         bars = history.daily_bars([env.id], days=90, now=NOW)[env.id]
-    assert len(queries) == 1
+    assert len(queries) == reader["bars"]
     assert len(bars) == 90
     assert bars[-1]["day"] == NOW.date() and bars[0]["day"] == NOW.date() - timedelta(days=89)
     by_day = {bar["day"]: bar for bar in bars}
@@ -208,7 +220,7 @@ def test_it_draws_daily_bars_with_an_outage_in_its_day(inventory: dict[str, Any]
     assert by_day[(NOW - timedelta(days=1)).date()]["uptime"] is None
 
 
-def test_it_costs_one_query_for_many_environments(inventory: dict[str, Any]) -> None:
+def test_it_costs_the_same_queries_for_many_environments(inventory: dict[str, Any], reader: dict[str, int]) -> None:
     from panel.inventory.models import Environment
 
     env = inventory["env_a"]
@@ -228,7 +240,7 @@ def test_it_costs_one_query_for_many_environments(inventory: dict[str, Any]) -> 
     with CaptureQueriesContext(connection) as queries:
         history.uptime(ids, now=NOW)
         history.daily_bars(ids, now=NOW)
-    assert len(queries) == 2
+    assert len(queries) == reader["uptime"] + reader["bars"]
 
 
 def test_it_refuses_unknown_windows() -> None:
@@ -250,3 +262,58 @@ def test_it_runs_as_a_periodic_task_on_the_monitoring_queue(inventory: dict[str,
     counts = tasks.rollup.apply().get()
     assert counts["environment_hourly"] >= 1
     assert Rollup.objects.filter(environment=inventory["env_a"], period="hour").exists()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_portable_readers_give_what_the_sql_gives(
+    inventory: dict[str, Any], monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Random histories (samples, hourly and daily rollups, environments rolled up at different times): SQLite's
+    readers and PostgreSQL's query agree on every window and every bar."""
+    import random
+
+    from panel.inventory.models import Environment
+
+    rng = random.Random(seed)
+    base = inventory["env_a"]
+    envs = [base] + [
+        Environment.objects.create(
+            project=base.project, server=base.server, name=f"r{i}", compose_files=["prod.yaml"],
+            compose_project=f"shop-r{i}",
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    states = ["up"] * 6 + ["degraded", "down", "unknown", "maintenance"]
+    for env in envs:
+        Sample.objects.bulk_create(
+            Sample(environment=env, at=NOW - timedelta(minutes=rng.randrange(0, 27 * 60)), state=rng.choice(states))
+            for _ in range(rng.randrange(0, 300))
+        )
+        for hour in rng.sample(range(25, 40 * 24), 60):
+            start = (NOW - timedelta(hours=hour)).replace(minute=0)
+            Rollup.objects.get_or_create(
+                environment=env, period="hour", start=start,
+                defaults={"up": rng.randrange(60), "degraded": rng.randrange(5), "down": rng.randrange(10)},
+            )  # fmt: skip
+        for day in rng.sample(range(1, 400), 80):
+            start = (NOW - timedelta(days=day)).replace(hour=0, minute=0)
+            Rollup.objects.get_or_create(
+                environment=env, period="day", start=start,
+                defaults={"up": rng.randrange(2000), "degraded": rng.randrange(50), "down": rng.randrange(300)},
+            )  # fmt: skip
+        if rng.random() < 0.6:  # this one's newest hours are rolled up (its edge moves past B)
+            newest = (NOW - timedelta(hours=rng.randrange(1, 6))).replace(minute=0)
+            Rollup.objects.update_or_create(environment=env, period="hour", start=newest, defaults={"up": 42})
+    ids = [env.id for env in envs]
+    windows = ("1h", "3h", "24h", "25h", "7d", "30d", "45d", "365d")
+    now = NOW + timedelta(seconds=rng.randrange(3600))
+    sql_uptime = history.uptime(ids, windows, now=now)
+    sql_bars = history.daily_bars(ids, days=90, now=now)
+    monkeypatch.setattr(history, "_postgresql", lambda: False)
+    portable_uptime = history.uptime(ids, windows, now=now)
+    rounded = {env: {w: None if v is None else round(v, 12) for w, v in per.items()} for env, per in sql_uptime.items()}
+    assert {
+        env: {w: None if v is None else round(v, 12) for w, v in per.items()} for env, per in portable_uptime.items()
+    } == rounded
+    assert history.daily_bars(ids, days=90, now=now) == sql_bars
+    assert any(value is not None for per_env in sql_uptime.values() for value in per_env.values())
