@@ -57,6 +57,8 @@ INSTALLED_APPS = [
     "deployments",
     "backups",
     "monitoring",
+    "terminal",
+    "mailcatcher",
 ]
 
 MIDDLEWARE = [
@@ -421,6 +423,12 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "panel.api.exception_handler",
 }
+# --- Environment lifecycle (deployments.lifecycle) ---
+
+# --- Terminal (terminal) ---
+
+# --- Mail catcher (mailcatcher) ---
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Doodba Panel API",
     "DESCRIPTION": "Servers, projects, environments and jobs of a Doodba hosting panel.",
