@@ -407,136 +407,88 @@ def _since(model: type[Rollup] | type[ServerRollup], floor: datetime) -> datetim
     return max(floor, newest - timedelta(hours=1))
 
 
-def _upsert(model: type[Rollup] | type[ServerRollup], rows: list[Any], owner: str, fields: Sequence[str]) -> int:
-    """Insert or update rollups on their unique constraint (``INSERT ... ON CONFLICT DO UPDATE`` on both
-    databases)."""
-    if rows:
-        model.objects.bulk_create(
-            rows, batch_size=500, update_conflicts=True, unique_fields=[owner, "period", "start"], update_fields=fields
+@dataclass(frozen=True)
+class _Layer:
+    """What one rollup table sums from its samples: counts (a filter each), averages and maxima (a sample field
+    each)."""
+
+    rollup: type[Rollup] | type[ServerRollup]
+    sample: type[Sample] | type[ServerSample]
+    owner: str
+    counts: dict[str, Q]
+    averages: dict[str, str]
+    maxima: dict[str, str]
+
+    def upsert(self, rows: list[Any]) -> int:
+        """Insert or update rollups on their unique constraint (``INSERT ... ON CONFLICT DO UPDATE`` on both
+        databases)."""
+        if rows:
+            self.rollup.objects.bulk_create(
+                rows, batch_size=500, update_conflicts=True, unique_fields=[self.owner, "period", "start"],
+                update_fields=[*self.counts, *self.averages, *self.maxima],
+            )  # fmt: skip
+        return len(rows)
+
+    def build(self, since: datetime, until: datetime, daily_since: datetime) -> tuple[int, int]:
+        """Hourly rollups of the samples in [since, until), then daily ones of the hourly rollups from
+        ``daily_since``; returns how many of each were written."""
+        owner_id = f"{self.owner}_id"
+        hours = (
+            self.sample.objects.filter(at__gte=since, at__lt=until)
+            .annotate(hour=TruncHour("at", tzinfo=UTC))
+            .values(owner_id, "hour")
+            .annotate(
+                **{f"{name}__v": Count("pk", filter=which) for name, which in self.counts.items()},
+                **{f"{name}__v": Avg(field) for name, field in self.averages.items()},
+                **{f"{name}__v": Max(field) for name, field in self.maxima.items()},
+            )
+            .order_by()
         )
-    return len(rows)
-
-
-def _weighted(fields: Sequence[str]) -> dict[str, Any]:
-    """Daily averages from hourly ones, weighted by each hour's sample count ``n`` (an hour's average covers that
-    many polls): per field, the weighted sum and the weight of the hours that have the average."""
-    aggregates: dict[str, Any] = {}
-    for field in fields:
-        aggregates[f"{field}__w"] = Sum(ExpressionWrapper(F(field) * F("n"), output_field=FloatField()))
-        aggregates[f"{field}__n"] = Sum("n", filter=Q(**{f"{field}__isnull": False}))
-    return aggregates
-
-
-def _average(row: dict[str, Any], field: str) -> float | None:
-    weight = row[f"{field}__n"]
-    return row[f"{field}__w"] / weight if weight else None
-
-
-_ENV_COUNTS = ("up", "degraded", "down", "unknown", "maintenance")
-_ENV_AVERAGES = ("http_ms_avg", "cpu_percent_avg", "memory_bytes_avg")
-_ENV_FIELDS = (*_ENV_COUNTS, *_ENV_AVERAGES, "http_ms_max")
-_SERVER_AVERAGES = ("load1_avg", "memory_used_bytes_avg")
-_SERVER_FIELDS = ("reachable", "unreachable", *_SERVER_AVERAGES, "disk_used_bytes_max")
-
-
-def _environment_rollups(since: datetime, until: datetime, daily_since: datetime) -> tuple[int, int]:
-    hours = (
-        Sample.objects.filter(at__gte=since, at__lt=until)
-        .annotate(hour=TruncHour("at", tzinfo=UTC))
-        .values("environment_id", "hour")
-        .annotate(
-            **{state: Count("pk", filter=Q(state=state)) for state in _ENV_COUNTS},
-            http_ms_avg=Avg("http_ms"),
-            http_ms_max=Max("http_ms"),
-            cpu_percent_avg=Avg("cpu_percent"),
-            memory_bytes_avg=Avg("memory_bytes"),
-        )
-        .order_by()
-    )
-    hourly = _upsert(
-        Rollup,
-        [
-            Rollup(environment_id=row["environment_id"], period=RollupPeriod.HOUR, start=row["hour"],
-                   **{name: row[name] for name in _ENV_FIELDS})
+        fields = [*self.counts, *self.averages, *self.maxima]
+        hourly = self.upsert([
+            self.rollup(**{owner_id: row[owner_id]}, period=RollupPeriod.HOUR, start=row["hour"],
+                        **{name: row[f"{name}__v"] for name in fields})
             for row in hours
-        ],
-        "environment",
-        _ENV_FIELDS,
-    )  # fmt: skip
-    days = (
-        Rollup.objects.filter(period=RollupPeriod.HOUR, start__gte=daily_since)
-        .annotate(day=TruncDay("start", tzinfo=UTC), n=sum((F(name) for name in _ENV_COUNTS[1:]), F(_ENV_COUNTS[0])))
-        .values("environment_id", "day")
-        .annotate(
-            **{f"{state}_n": Sum(state) for state in _ENV_COUNTS},
-            max_ms=Max("http_ms_max"),
-            **_weighted(_ENV_AVERAGES),
+        ])  # fmt: skip
+        # Daily averages from hourly ones weigh each hour by its sample count n (an hour's average covers that many
+        # polls): the weighted sum over the weight of the hours that have the average.
+        weight = sum((F(name) for name in list(self.counts)[1:]), F(next(iter(self.counts))))
+        aggregates: dict[str, Any] = {f"{name}__v": Sum(name) for name in self.counts}
+        aggregates |= {f"{name}__v": Max(name) for name in self.maxima}
+        for name in self.averages:
+            aggregates[f"{name}__w"] = Sum(ExpressionWrapper(F(name) * F("n"), output_field=FloatField()))
+            aggregates[f"{name}__n"] = Sum("n", filter=Q(**{f"{name}__isnull": False}))
+        days = (
+            self.rollup.objects.filter(period=RollupPeriod.HOUR, start__gte=daily_since)
+            .annotate(day=TruncDay("start", tzinfo=UTC), n=weight)
+            .values(owner_id, "day")
+            .annotate(**aggregates)
+            .order_by()
         )
-        .order_by()
-    )
-    daily = _upsert(
-        Rollup,
-        [
-            Rollup(environment_id=row["environment_id"], period=RollupPeriod.DAY, start=row["day"],
-                   http_ms_max=row["max_ms"], **{name: row[f"{name}_n"] for name in _ENV_COUNTS},
-                   **{name: _average(row, name) for name in _ENV_AVERAGES})
+        daily = self.upsert([
+            self.rollup(**{owner_id: row[owner_id]}, period=RollupPeriod.DAY, start=row["day"],
+                        **{name: row[f"{name}__v"] for name in (*self.counts, *self.maxima)},
+                        **{name: row[f"{name}__w"] / row[f"{name}__n"] if row[f"{name}__n"] else None
+                           for name in self.averages})
             for row in days
-        ],
-        "environment",
-        _ENV_FIELDS,
-    )  # fmt: skip
-    return hourly, daily
+        ])  # fmt: skip
+        return hourly, daily
 
 
-def _server_rollups(since: datetime, until: datetime, daily_since: datetime) -> tuple[int, int]:
-    hours = (
-        ServerSample.objects.filter(at__gte=since, at__lt=until)
-        .annotate(hour=TruncHour("at", tzinfo=UTC))
-        .values("server_id", "hour")
-        .annotate(
-            reachable_n=Count("pk", filter=Q(reachable=True)),
-            unreachable_n=Count("pk", filter=Q(reachable=False)),
-            load1_avg=Avg("load1"),
-            memory_used_bytes_avg=Avg("memory_used_bytes"),
-            disk_used_bytes_max=Max("disk_used_bytes"),
-        )
-        .order_by()
-    )
-    hourly = _upsert(
-        ServerRollup,
-        [
-            ServerRollup(server_id=row["server_id"], period=RollupPeriod.HOUR, start=row["hour"],
-                         reachable=row["reachable_n"], unreachable=row["unreachable_n"],
-                         **{name: row[name] for name in (*_SERVER_AVERAGES, "disk_used_bytes_max")})
-            for row in hours
-        ],
-        "server",
-        _SERVER_FIELDS,
-    )  # fmt: skip
-    days = (
-        ServerRollup.objects.filter(period=RollupPeriod.HOUR, start__gte=daily_since)
-        .annotate(day=TruncDay("start", tzinfo=UTC), n=F("reachable") + F("unreachable"))
-        .values("server_id", "day")
-        .annotate(
-            reachable_n=Sum("reachable"),
-            unreachable_n=Sum("unreachable"),
-            disk_max=Max("disk_used_bytes_max"),
-            **_weighted(_SERVER_AVERAGES),
-        )
-        .order_by()
-    )
-    daily = _upsert(
-        ServerRollup,
-        [
-            ServerRollup(server_id=row["server_id"], period=RollupPeriod.DAY, start=row["day"],
-                         reachable=row["reachable_n"], unreachable=row["unreachable_n"],
-                         disk_used_bytes_max=row["disk_max"], **{name: _average(row, name) for name in _SERVER_AVERAGES})
-            for row in days
-        ],
-        "server",
-        _SERVER_FIELDS,
-    )  # fmt: skip
-    return hourly, daily
+_LAYERS = {
+    "environment": _Layer(
+        Rollup, Sample, "environment",
+        counts={state: Q(state=state) for state in ("up", "degraded", "down", "unknown", "maintenance")},
+        averages={"http_ms_avg": "http_ms", "cpu_percent_avg": "cpu_percent", "memory_bytes_avg": "memory_bytes"},
+        maxima={"http_ms_max": "http_ms"},
+    ),
+    "server": _Layer(
+        ServerRollup, ServerSample, "server",
+        counts={"reachable": Q(reachable=True), "unreachable": Q(reachable=False)},
+        averages={"load1_avg": "load1", "memory_used_bytes_avg": "memory_used_bytes"},
+        maxima={"disk_used_bytes_max": "disk_used_bytes"},
+    ),
+}  # fmt: skip
 
 
 def rollup(*, now: datetime | None = None) -> dict[str, int]:
@@ -560,14 +512,11 @@ def rollup(*, now: datetime | None = None) -> dict[str, int]:
         if _postgresql():
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ROLLUP_LOCK])
-        for label, model, build in (
-            ("environment", Rollup, _environment_rollups),
-            ("server", ServerRollup, _server_rollups),
-        ):
-            since = _since(model, epoch)
+        for label, layer in _LAYERS.items():
+            since = _since(layer.rollup, epoch)
             # Whole hours only: an hourly rollup exists once its hour has ended (readers take samples after it).
             # Only whole days whose hours are all still kept are rebuilt.
-            counts[f"{label}_hourly"], counts[f"{label}_daily"] = build(
+            counts[f"{label}_hourly"], counts[f"{label}_daily"] = layer.build(
                 since, _trunc_hour(now), max(_trunc_day(since), hourly_cutoff)
             )
         for label, queryset in (
