@@ -15,7 +15,6 @@ Creates (and drops at the end) ``test_<database name>``.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 os.environ.setdefault("DATABASE_URL", "postgres://panel_test:panel_test@127.0.0.1:5432/panel_bench_dash")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6390/7")
 
-from bench.status import seed  # noqa: E402, I001 - sets Django up first
+from bench.status import scaling_report, seed, write_scaling_report  # noqa: E402, I001 - sets Django up first
 from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext, setup_test_environment  # noqa: E402
@@ -97,27 +96,10 @@ def main() -> None:
             sent.clear()
             live.environments_changed(ids)
             results[count]["live push of every environment"]["messages"] = len(sent)
-        report = {
-            name: {
-                "queries_10": results[10][name]["queries"],
-                "queries_200": results[200][name]["queries"],
-                "queries_ratio": round(results[200][name]["queries"] / results[10][name]["queries"], 3),
-                "ms_10": results[10][name]["ms"],
-                "ms_200": results[200][name]["ms"],
-                **({"messages_200": results[200][name]["messages"]} if "messages" in results[200][name] else {}),
-            }
-            for name in results[10]
-        }
+        report = scaling_report(results)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "dashboard.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print("\n| What | Queries 10 envs | Queries 200 envs | Ratio | Wall 10 | Wall 200 |\n|---|---|---|---|---|---|")
-    for name, row in report.items():
-        print(f"| {name} | {row['queries_10']} | {row['queries_200']} | {row['queries_ratio']} | "
-              f"{row['ms_10']} ms | {row['ms_200']} ms |")  # fmt: skip
+    write_scaling_report("dashboard", report, "What")
 
 
 if __name__ == "__main__":

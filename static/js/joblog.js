@@ -373,20 +373,29 @@
     return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
   }
 
-  function startAll() {
-    document.querySelectorAll("[data-joblog]").forEach(function (root) {
-      if (!root.dataset.joblogStarted) {
-        root.dataset.joblogStarted = "1";
-        new JobLog(root).start();
-      }
-    });
+  // Start one viewer per element matching selector, once (flag: the dataset key that marks it started).
+  function startEach(selector, flag, Viewer) {
+    function start() {
+      document.querySelectorAll(selector).forEach(function (root) {
+        if (!root.dataset[flag]) {
+          root.dataset[flag] = "1";
+          new Viewer(root).start();
+        }
+      });
+    }
+    if (document.readyState === "loading") {
+      document.addEventListener("DOMContentLoaded", start);
+    } else {
+      start();
+    }
   }
 
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", startAll);
-  } else {
-    startAll();
-  }
-  // Expose the ANSI renderer for tests in the browser.
-  window.PanelJobLog = { renderAnsi: function (raw, parent) { JobLog.prototype.renderAnsi.call({ ansi: { colour: null, bold: false } }, raw, parent); } };
+  startEach("[data-joblog]", "joblogStarted", JobLog);
+  // The ANSI renderer, the time format and the start-up, shared with the container log viewer
+  // (static/monitoring/logs.js) and exposed for tests in the browser.
+  window.PanelJobLog = {
+    renderAnsi: function (raw, parent) { JobLog.prototype.renderAnsi.call({ ansi: { colour: null, bold: false } }, raw, parent); },
+    formatTime: formatTime,
+    startEach: startEach,
+  };
 })();

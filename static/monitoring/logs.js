@@ -189,7 +189,7 @@
     row.dataset.id = line.id;
     var ts = document.createElement("span");
     ts.className = "ts";
-    ts.textContent = formatTime(line.ts);
+    ts.textContent = window.PanelJobLog.formatTime(line.ts);
     ts.title = String(line.ts || "");
     var text = document.createElement("span");
     text.className = "text";
@@ -229,26 +229,5 @@
     }
   };
 
-  function formatTime(iso) {
-    var date = new Date(iso);
-    if (isNaN(date.getTime())) {
-      return "";
-    }
-    return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
-  }
-
-  function startAll() {
-    document.querySelectorAll("[data-containerlog]").forEach(function (root) {
-      if (!root.dataset.containerlogStarted) {
-        root.dataset.containerlogStarted = "1";
-        new ContainerLog(root).start();
-      }
-    });
-  }
-
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", startAll);
-  } else {
-    startAll();
-  }
+  window.PanelJobLog.startEach("[data-containerlog]", "containerlogStarted", ContainerLog);
 })();
