@@ -6,3 +6,10 @@ class TerminalConfig(AppConfig):
 
     name = "terminal"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from panel import extensions
+        from terminal.extensions import contributions
+
+        for contribution in contributions():
+            extensions.register(contribution)

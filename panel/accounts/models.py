@@ -33,6 +33,10 @@ class Organization(models.Model):
         default=False,
         help_text="Its staff (owner, operator, viewer, also through its provider) must log in with a second factor.",
     )
+    terminal_enabled = models.BooleanField(
+        default=True,
+        help_text="Owners and operators may open a terminal (shell, psql, odoo shell) on its environments.",
+    )
 
     scope_organization = "pk"
 

@@ -443,10 +443,23 @@ def neutralize(argv: list[str]) -> int:
 
 
 def shell(argv: list[str]) -> int:
-    """``odoo shell``: exec Python from stdin with a psycopg2 cursor ``cr`` (autocommitted at the end)."""
+    """``odoo shell``: exec Python from stdin with a psycopg2 cursor ``cr`` (autocommitted at the end); on a
+    terminal (stdin is a tty), an interactive console with ``cr`` (autocommit) and ``env`` (None), like Odoo's."""
     parser = argparse.ArgumentParser(prog="odoo shell")
     parser.add_argument("-d", "--database", default=os.environ.get("PGDATABASE"))
     args, _ = parser.parse_known_args(argv)
+    if sys.stdin.isatty():
+        import code as console
+
+        conn = common.connect(args.database, autocommit=True)
+        with conn.cursor() as cr:
+            console.interact(
+                banner=f"odoo shell (stand-in) on {args.database}: cr is a cursor, env is None",
+                local={"cr": cr, "env": None, "__name__": "__main__"},
+                exitmsg="",
+            )
+        conn.close()
+        return 0
     code = sys.stdin.read()
     conn = common.connect(args.database, autocommit=False)
     with conn, conn.cursor() as cr:
