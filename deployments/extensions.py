@@ -1,8 +1,9 @@
 """What deployments add to the environment and project pages and API (``panel.extensions``), registered in
 ``DeploymentsConfig.ready()``.
 
-- Environment page: the *Deployment* section (current deployment; deploy, check, promote and cancel buttons) and
-  the deployment history, below the facts. API: ``deploy``, ``check`` and ``promote`` actions on
+- Environment page: the *Deployment* section (current deployment; deploy, check, promote and cancel buttons), the
+  *Lifecycle* buttons (stop, start, restart, destroy) and the deployment history, below the facts. API: ``deploy``,
+  ``check``, ``promote``, ``stop``, ``start``, ``restart`` and ``destroy`` actions on
   ``/environments/{id}/``, the ``webhook_url`` field, the ``/deployments/`` collection and the HTML routes of
   ``deployments.urls`` (git webhooks included).
 - Project API: the ``webhook_url`` field and ``POST /projects/{id}/webhook-secret/``.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from deployments.api.lifecycle import EnvironmentLifecycleActions
 from deployments.api.serializers import WebhookUrlField
 from deployments.api.views import (
     DeploymentViewSet,
@@ -22,24 +24,29 @@ from deployments.api.views import (
     ProjectAnswersActions,
     ProjectWebhookActions,
 )
-from deployments.views import environment_context
+from deployments.views import environment_context, lifecycle_context
 from panel.extensions import Contribution, Page
 from panel.inventory.views import servers_for
 
 
 class EnvironmentDeployments(Contribution):
-    """The deployment section, actions and routes of an environment."""
+    """The deployment section, actions and routes of an environment, and its lifecycle (stop, start, restart,
+    destroy: ``deployments.lifecycle``, whose job handlers this import registers)."""
 
     name = "deployments"
     model = "environment"
     order = 100
     templates = {"sections": "deployments/_environment_section.html"}
-    viewset_mixins = (EnvironmentDeployActions,)
+    viewset_mixins = (EnvironmentDeployActions, EnvironmentLifecycleActions)
     api_routes = (("deployments", DeploymentViewSet, "deployment"),)
     html_urls = "deployments.urls"
 
     def context(self, page: Page) -> dict[str, Any]:
-        return environment_context(page.request, page.obj, show_details=page.show_details, may_change=page.may_change)
+        context = environment_context(
+            page.request, page.obj, show_details=page.show_details, may_change=page.may_change
+        )
+        context.update(lifecycle_context(page.obj, may_change=page.may_change and page.show_details))
+        return context
 
     def serializer_fields(self) -> dict[str, Any]:
         return {

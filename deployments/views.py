@@ -19,9 +19,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from deployments import services
+from deployments import lifecycle, services
 from deployments.choices import DeploymentKind, DeploymentStatus
-from deployments.forms import DeployForm
+from deployments.forms import DeployForm, LifecycleForm
 from deployments.models import Deployment
 from panel.accounts.choices import Action
 from panel.accounts.scoping import can, for_user, get_for_user
@@ -353,3 +353,44 @@ def environment_compare(request: HttpRequest, environment_id: int) -> HttpRespon
             "choices": deployments.select_related("job")[:HISTORY_SIZE],
         },
     )
+
+
+@require_POST
+@login_required
+def environment_lifecycle(request: HttpRequest, environment_id: int, action: str) -> HttpResponse:
+    """Stop, start, restart (the environment or one service) or destroy it, and follow the job live."""
+    environment = _environment_for_change(request, environment_id)
+    back = reverse("environment_detail", args=[environment.pk])
+    form = LifecycleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(str(error) for errors in form.errors.values() for error in errors))
+        return redirect(back)
+    values = form.cleaned_data
+    if action != "destroy":
+        values = {"service": values["service"], "confirm": values["confirm"]}
+    else:
+        values = {"confirm": values["confirm"], "volumes": values["volumes"], "backup": values["backup"]}
+    return follow_started_job(
+        request,
+        lambda: lifecycle.start_lifecycle(environment=environment, actor=request.user, action=action, **values),
+        back,
+    )
+
+
+def lifecycle_context(environment: Environment, *, may_change: bool) -> dict[str, Any]:
+    """The lifecycle part of the environment page: which services the buttons offer, and what needs the typed
+    name."""
+    if not may_change:
+        return {"lifecycle_may_change": False}
+    services: set[str] = set((environment.lifecycle_facts or {}).get("containers") or {})
+    current = environment.current_deployment
+    if current is not None:
+        services |= set(((current.config or {}).get("override") or {}).get("services") or {})
+    from backups.models import BackupSettings
+
+    return {
+        "lifecycle_may_change": True,
+        "lifecycle_services": sorted(services or {"odoo", "db"}),
+        "lifecycle_confirm_stop": lifecycle.needs_confirmation(environment, "stop"),
+        "lifecycle_can_backup": BackupSettings.objects.filter(environment=environment).exists(),
+    }

@@ -146,8 +146,8 @@ def _failing(environment: Environment, name: str, message: str, at: datetime) ->
 
 
 def suppression(environment: Environment, at: datetime | None = None) -> str | None:
-    """Why alerts of ``environment`` are held back at ``at`` (a maintenance window, a deploy or restore in
-    progress), or None."""
+    """Why alerts of ``environment`` are held back at ``at`` (a maintenance window, a deploy, restore, stop, start,
+    restart or destroy in progress, or an environment an operator stopped or destroyed), or None."""
     from panel.inventory.choices import EnvironmentState
     from panel.inventory.services import environment_state
 
@@ -163,8 +163,10 @@ def suppression(environment: Environment, at: datetime | None = None) -> str | N
             f": {window.reason}" if window.reason else "."
         )
     state = environment_state(environment)
-    if state.code in (EnvironmentState.DEPLOYING, EnvironmentState.RESTORING):
+    if state.code in (EnvironmentState.DEPLOYING, EnvironmentState.RESTORING, EnvironmentState.CHANGING):
         return f"{state.label.capitalize()}: {state.detail}"
+    if state.code in (EnvironmentState.STOPPED, EnvironmentState.DESTROYED):
+        return f"{state.label.capitalize()} on purpose: {state.detail}"
     return None
 
 

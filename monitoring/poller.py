@@ -57,6 +57,7 @@ from monitoring.models import (
     ServerHealth,
     ServerSample,
 )
+from panel.inventory.choices import Lifecycle
 from panel.inventory.models import Environment, Server
 from panel.remote import RemoteError, Target, run_capture
 from panel.validators import SLUG_RE
@@ -899,7 +900,9 @@ def _record(
             assessment = assess(item, output, server.name)
             if report.odoo_checks:
                 assessment.checks += _odoo_results(item, output, stored, backup_results.get(item.id), now)
-        observed += [(environment, result) for result in assessment.checks]
+        on_purpose = stopped_on_purpose(environment)
+        if not on_purpose:  # stopped or destroyed by an operator: no incident opens, nothing is alerted
+            observed += [(environment, result) for result in assessment.checks]
         # The state uses this cycle's results and, for checks not run this cycle, their stored status.
         fresh = {r.name for r in assessment.checks}
         carried = [
@@ -908,6 +911,8 @@ def _record(
             if env_id == item.id and name not in fresh and output is not None
         ]
         state, message = state_of(assessment.checks + carried, maintenance=item.id in maintenance)
+        if on_purpose:
+            state, message = HealthState.MAINTENANCE, f"{on_purpose} {message}"
         before = previous.get(item.id)
         since = before.since if before is not None and before.state == state else now
         row = EnvironmentHealth(
@@ -1027,6 +1032,19 @@ def _visible(row: EnvironmentHealth) -> tuple[Any, ...]:
     """What the dashboard shows of an environment's health besides metrics (a change is pushed to the pages)."""
     containers = tuple((c.get("name"), c.get("state"), c.get("health")) for c in row.containers or [])
     return (row.state, row.message, row.http_ok, row.websocket_ok, row.restarts, containers)
+
+
+def stopped_on_purpose(environment: Environment) -> str:
+    """Why the environment is not expected to serve (an operator stopped or destroyed it: ``deployments.lifecycle``
+    recorded what its job found), or "" when it is. Such an environment counts as maintenance: left out of uptime,
+    no incident, no alert."""
+    facts = environment.lifecycle_facts or {}
+    if environment.lifecycle == Lifecycle.STOPPED:
+        stopped = ", ".join(facts.get("stopped") or []) or "its containers"
+        return f"Stopped on purpose ({stopped}) by {facts.get('job_label', 'a Stop job')}."
+    if environment.lifecycle == Lifecycle.DESTROYED:
+        return f"Destroyed by {facts.get('job_label', 'a Destroy job')}."
+    return ""
 
 
 def _in_maintenance(environments: list[Environment], now: datetime) -> set[int]:

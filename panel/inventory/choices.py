@@ -30,6 +30,25 @@ class EnvironmentState(models.TextChoices):
     RUNNING = "running", "Running"
     NEEDS_ATTENTION = "needs attention", "Needs attention"
     DEGRADED = "degraded", "Degraded"
+    CHANGING = "changing", "Stopping, starting or destroying"
+    STOPPED = "stopped", "Stopped"
+    DESTROYED = "destroyed", "Destroyed"
+
+
+class Lifecycle(models.TextChoices):
+    """What an operator last made of an environment's containers, as the lifecycle job found them afterwards
+    (``deployments.lifecycle``). Blank: running as deployed."""
+
+    RUNNING = "", "Running"
+    STOPPED = "stopped", "Stopped on purpose"
+    DESTROYED = "destroyed", "Destroyed"
+
+
+class DeleteChoice(models.TextChoices):
+    """What removing an environment from the panel does with what runs on its server."""
+
+    DESTROYED = "destroyed", "It was destroyed (its Destroy job succeeded)"
+    LEAVE_RUNNING = "leave_running", "Leave it running on the server, unwatched"
 
 
 ODOO_VERSIONS = ["11.0", "12.0", "13.0", "14.0", "15.0", "16.0", "17.0", "18.0", "19.0"]

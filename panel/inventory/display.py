@@ -14,6 +14,9 @@ STATE_CSS = {
     EnvironmentState.RUNNING: "succeeded",
     EnvironmentState.NEEDS_ATTENTION: "alarm",
     EnvironmentState.DEGRADED: "alarm",
+    EnvironmentState.CHANGING: "running",
+    EnvironmentState.STOPPED: "canceled",
+    EnvironmentState.DESTROYED: "none",
 }
 
 

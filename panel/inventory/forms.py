@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from panel.accounts.models import Organization
+from panel.inventory.choices import DeleteChoice
 from panel.inventory.models import PROXY_FIELDS, Environment, Project, Server
 from panel.remote import RemoteError
 from panel.remote.ssh import load_private_key
@@ -400,3 +401,22 @@ class EnvironmentForm(forms.ModelForm):
         elif self.cleaned_data.get("clear_secrets"):
             environment.set_secrets({})
         return super().save(commit=commit)
+
+
+class EnvironmentDeleteForm(forms.Form):
+    """What removing an environment from the panel does with what runs on its server (a choice is required)."""
+
+    choice = forms.ChoiceField(
+        label="What happens on the server",
+        choices=DeleteChoice.choices,
+        widget=forms.RadioSelect,
+        error_messages={"required": "Choose what happens on the server: nothing is removed without a choice."},
+    )
+
+    def __init__(self, *args: Any, environment: Environment, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.environment = environment
+        self.fields["choice"].choices = [
+            (DeleteChoice.DESTROYED, "It was destroyed: its Destroy job took down its containers"),
+            (DeleteChoice.LEAVE_RUNNING, "Leave it running on the server, unwatched by the panel"),
+        ]

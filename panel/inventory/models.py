@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from panel.accounts.models import Organization
 from panel.crypto import EncryptedTextField
-from panel.inventory.choices import ODOO_VERSIONS, EnvironmentKind, ServerStatus
+from panel.inventory.choices import ODOO_VERSIONS, EnvironmentKind, Lifecycle, ServerStatus
 from panel.validators import (
     validate_compose_files,
     validate_domain,
@@ -234,6 +234,19 @@ class Environment(models.Model):
     )
     attention = models.TextField(
         blank=True, help_text="Why the environment needs attention, until a deploy or a health check proves it runs."
+    )
+    lifecycle = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        choices=Lifecycle.choices,
+        help_text="Stopped or destroyed on purpose (by a lifecycle job that checked the containers afterwards).",
+    )
+    lifecycle_facts = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the last lifecycle job found on the server after acting: containers and their states, "
+        "stopped services, volumes, what it removed.",
     )
     created_at = models.DateTimeField(default=timezone.now)
 

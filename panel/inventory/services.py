@@ -15,11 +15,11 @@ from django.utils import timezone
 from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory import prepare
-from panel.inventory.choices import EnvironmentState, ServerStatus
+from panel.inventory.choices import DeleteChoice, EnvironmentState, Lifecycle, ServerStatus
 from panel.inventory.copier import stored_domains
 from panel.inventory.models import Environment, Project, Server
 from panel.jobs import services as jobs
-from panel.jobs.choices import ACTIVE_STATES, CHANGING_JOB_KINDS, JobKind
+from panel.jobs.choices import ACTIVE_STATES, CHANGING_JOB_KINDS, LIFECYCLE_JOB_KINDS, JobKind
 from panel.jobs.models import Job
 from panel.jobs.runner import JobContext, JobFailed, handler
 from panel.remote import (
@@ -483,10 +483,15 @@ def mark_changing(*, environment: Environment, job: Job) -> None:
 
 
 def finish_changing(*, environment: Environment, job: Job, proven: bool) -> None:
-    """``job`` finished cleanly; ``proven``: what runs was checked healthy, which ends any *needs attention*."""
+    """``job`` finished cleanly; ``proven``: what runs was checked healthy, which ends any *needs attention* and
+    any *stopped* or *destroyed* (every container runs and Odoo answers again)."""
     Environment.objects.filter(pk=environment.pk, changing_job=job).update(changing_job=None)
     if proven:
-        Environment.objects.filter(pk=environment.pk).update(attention="")
+        Environment.objects.filter(pk=environment.pk).update(attention="", lifecycle=Lifecycle.RUNNING)
+
+
+LIFECYCLE_VERBS = {JobKind.STOP: "stopping", JobKind.START: "starting", JobKind.RESTART: "restarting",
+                   JobKind.DESTROY: "destroying"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -521,6 +526,12 @@ def environment_state(environment: Environment, *, active_job: Job | bool | None
     current = environment.current_deployment
     commit = current.commit if current is not None else ""
     if isinstance(active_job, Job):
+        if active_job.kind in LIFECYCLE_JOB_KINDS:
+            verb = LIFECYCLE_VERBS.get(active_job.kind, "changing")
+            return State(
+                EnvironmentState.CHANGING, verb, f"{active_job} is {active_job.status}.", verb.capitalize() + ".",
+                commit, active_job.pk,
+            )  # fmt: skip
         if active_job.kind in (JobKind.RESTORE, JobKind.COPY):
             return State(
                 EnvironmentState.RESTORING, "restoring", f"{active_job} is {active_job.status}.",
@@ -546,6 +557,106 @@ def environment_state(environment: Environment, *, active_job: Job | bool | None
             "The last update failed and could not be undone automatically; the hosting team has to check it.",
             commit,
         )  # fmt: skip
+    facts = environment.lifecycle_facts or {}
+    if environment.lifecycle == Lifecycle.DESTROYED:
+        kept = "its volumes were kept" if facts.get("volumes_kept") else "its volumes were removed"
+        return State(
+            EnvironmentState.DESTROYED, "destroyed",
+            f"Destroyed by {facts.get('job_label', 'a Destroy job')} at {facts.get('at', '?')}: no container is left "
+            f"on the server; {kept}.",
+            "This instance was taken down.",
+        )  # fmt: skip
+    if environment.lifecycle == Lifecycle.STOPPED:
+        stopped = facts.get("stopped") or []
+        running = facts.get("running") or []
+        what = "every container" if not running else f"{', '.join(stopped)} (still running: {', '.join(running)})"
+        label = "stopped" if not running else f"stopped: {', '.join(stopped)}"
+        return State(
+            EnvironmentState.STOPPED, label,
+            f"Stopped on purpose by {facts.get('job_label', 'a Stop job')} at {facts.get('at', '?')}: {what}.",
+            "This instance was stopped by the hosting team.", commit,
+        )  # fmt: skip
     if current is None:
         return State(EnvironmentState.NOT_DEPLOYED, "not deployed", "Nothing has been deployed by the panel yet.")
     return State(EnvironmentState.RUNNING, f"running {commit[:12]}", current.commit_subject, "", commit)
+
+
+# The containers (name state) and volumes of a compose project, for what a removal leaves on the server.
+INVENTORY_SCRIPT = (
+    'docker ps -a --filter "label=com.docker.compose.project=$1" --format "container {{.Names}} {{.State}}" '
+    '|| exit 1; docker volume ls -q --filter "label=com.docker.compose.project=$1" | sed "s/^/volume /"'
+)
+
+
+# -- removing an environment from the panel --------------------------------------------------------------------
+
+
+def environments_not_destroyed(project: Project) -> list[str]:
+    """Names of the project's environments that were not destroyed: removing the project would leave what runs
+    of them on their servers unaccounted for."""
+    return list(project.environments.exclude(lifecycle=Lifecycle.DESTROYED).values_list("name", flat=True))
+
+
+class RemovalRefused(JobFailed):
+    """An environment cannot be removed from the panel as asked; the message says why."""
+
+
+def left_on_server(environment: Environment) -> dict[str, Any]:
+    """What runs of the environment on its server now (containers and their states, volumes), read from Docker
+    by compose labels; when the server cannot be asked, says so (the compose project and server are recorded
+    anyway, so nothing is unaccounted for)."""
+    base = {
+        "server": environment.server.name,
+        "server_id": environment.server_id,
+        "compose_project": environment.compose_project,
+        "directory": f"~/{environment_directory(environment)}",
+    }
+    if not environment.server.host_key_pinned:
+        return {**base, "containers": None, "volumes": None, "error": "The server's host key is not confirmed."}
+    try:
+        result = run_capture(
+            Target.for_server(environment.server),
+            ["sh", "-c", INVENTORY_SCRIPT, "sh", environment.compose_project],
+            timeout=settings.LIFECYCLE_INVENTORY_TIMEOUT,
+        )
+    except RemoteError as exc:
+        return {**base, "containers": None, "volumes": None, "error": str(exc)[:300]}
+    if not result.ok:
+        return {**base, "containers": None, "volumes": None, "error": result.stderr.strip()[-300:]}
+    containers: list[dict[str, str]] = []
+    volumes: list[str] = []
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "container" and re.fullmatch(r"[\w.-]+", parts[1]):
+            containers.append({"name": parts[1], "state": parts[2]})
+        elif len(parts) == 2 and parts[0] == "volume":
+            volumes.append(parts[1])
+    return {**base, "containers": containers, "volumes": sorted(volumes)}
+
+
+def remove_environment(*, environment: Environment, actor: Any, choice: str, request: Any = None) -> dict[str, Any]:
+    """Remove an environment from the panel after the operator chose what happens on the server, and record the
+    choice with what was left there. Refused (``RemovalRefused``) without a valid choice, while a job is queued
+    or running on it, or with ``destroyed`` when it was not destroyed."""
+    if choice not in DeleteChoice.values:
+        raise RemovalRefused(
+            "Choose what happens on the server: destroy the environment first (then choose destroyed), or "
+            "choose leave_running to leave its containers running there, unwatched."
+        )
+    busy = Job.objects.filter(environment=environment, status__in=ACTIVE_STATES).first()
+    if busy is not None:
+        raise RemovalRefused(f"{busy} is queued or running on this environment; wait for it to end.")
+    environment.refresh_from_db()
+    if choice == DeleteChoice.DESTROYED:
+        if environment.lifecycle != Lifecycle.DESTROYED:
+            raise RemovalRefused(
+                "This environment was not destroyed: run Destroy first, or choose leave_running to leave it "
+                "running on the server."
+            )
+        detail = {"choice": choice, "destroyed": environment.lifecycle_facts}
+    else:
+        detail = {"choice": choice, "left": left_on_server(environment)}
+    with transaction.atomic():
+        record(action="environment.deleted", actor=actor, obj=environment, request=request, detail=detail)
+        environment.delete()
+    return detail

@@ -28,8 +28,10 @@ from panel.accounts.models import Organization
 from panel.accounts.scoping import can, for_user, get_for_user
 from panel.accounts.services import record
 from panel.inventory import proxy, services
+from panel.inventory.choices import DeleteChoice
 from panel.inventory.display import state_badges
 from panel.inventory.forms import (
+    EnvironmentDeleteForm,
     EnvironmentForm,
     ProjectForm,
     ServerCreateForm,
@@ -359,11 +361,20 @@ def project_edit(request: HttpRequest, project_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @login_required
 def project_delete(request: HttpRequest, project_id: int) -> HttpResponse:
-    """Remove a project and its environments from the panel (nothing is removed from servers)."""
+    """Remove a project from the panel; refused while it has environments that were not destroyed (each one is
+    removed on its own, with a choice of what happens on its server)."""
     project = get_for_user(Project, request.user, Action.CHANGE, pk=project_id)
     if request.method == "POST":
         if active_job(Job.objects.filter(environment__project=project)) is not None:
             messages.error(request, "A job is running on one of this project's environments; wait for it to end.")
+            return redirect("project_detail", project_id=project.pk)
+        left = services.environments_not_destroyed(project)
+        if left:
+            messages.error(
+                request,
+                f"Remove its environments first ({', '.join(left)}): each one needs a choice of what happens on "
+                "its server (destroy it, or leave it running).",
+            )
             return redirect("project_detail", project_id=project.pk)
         with transaction.atomic():
             record(action="project.deleted", actor=request.user, obj=project, request=request)
@@ -471,22 +482,48 @@ def environment_edit(request: HttpRequest, environment_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @login_required
 def environment_delete(request: HttpRequest, environment_id: int) -> HttpResponse:
-    """Remove an environment from the panel (its containers on the server are left alone)."""
+    """Remove an environment from the panel once the operator chose what happens on the server: it was destroyed
+    (its Destroy job succeeded), or it is left running there (the audit entry lists what was left). Without a
+    choice the form says so and nothing is removed."""
     environment = get_for_user(
-        Environment.objects.select_related("project"), request.user, Action.CHANGE, pk=environment_id
+        Environment.objects.select_related("project", "server"), request.user, Action.CHANGE, pk=environment_id
     )
     project = environment.project
+    form = EnvironmentDeleteForm(request.POST if request.method == "POST" else None, environment=environment)
     if request.method == "POST":
         if active_job(Job.objects.filter(environment=environment)) is not None:
             messages.error(request, "A job is running on this environment; wait for it to end.")
             return redirect("environment_detail", environment_id=environment.pk)
-        with transaction.atomic():
-            record(action="environment.deleted", actor=request.user, obj=environment, request=request)
-            environment.delete()
-        messages.success(request, f"Environment {environment.name} removed.")
-        return redirect("project_detail", project_id=project.pk)
+        if form.is_valid():
+            try:
+                detail = services.remove_environment(
+                    environment=environment, actor=request.user, choice=form.cleaned_data["choice"], request=request
+                )
+            except services.RemovalRefused as exc:
+                form.add_error("choice", str(exc))
+            else:
+                left = detail.get("left") or {}
+                if detail["choice"] == DeleteChoice.LEAVE_RUNNING:
+                    containers = left.get("containers")
+                    what = (
+                        f"{len(containers)} containers and {len(left.get('volumes') or [])} volumes were left on "
+                        f"{left.get('server')}"
+                        if containers is not None
+                        else f"what runs on {left.get('server')} could not be listed ({left.get('error')})"
+                    )
+                    messages.success(request, f"Environment {environment.name} removed from the panel; {what}.")
+                else:
+                    messages.success(request, f"Environment {environment.name} (destroyed) removed from the panel.")
+                return redirect("project_detail", project_id=project.pk)
     return render(
         request,
-        "inventory/confirm_delete.html",
-        {"object": environment, "cancel_url": reverse("environment_detail", args=[environment.pk])},
+        "inventory/environment_delete.html",
+        {
+            "object": environment,
+            "environment": environment,
+            "form": form,
+            "state": services.environment_state(environment),
+            "cancel_url": reverse("environment_detail", args=[environment.pk]),
+        },
+        status=400 if request.method == "POST" else 200,
     )

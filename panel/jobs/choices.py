@@ -33,6 +33,10 @@ class JobKind(models.TextChoices):
     PREPARE_SERVER = "prepare_server", "Prepare server"
     INSTALL_PROXY = "install_proxy", "Install the proxy"
     READ_ANSWERS = "read_answers", "Read the project's answers"
+    STOP = "stop", "Stop"
+    START = "start", "Start"
+    RESTART = "restart", "Restart"
+    DESTROY = "destroy", "Destroy"
 
 
 class LogStream(models.TextChoices):
@@ -44,4 +48,15 @@ class LogStream(models.TextChoices):
 
 
 # Jobs that change what an environment runs (its state shows "deploying" or "restoring" while one is active).
-CHANGING_JOB_KINDS = (JobKind.DEPLOY, JobKind.ROLLBACK, JobKind.RESTORE, JobKind.COPY)
+CHANGING_JOB_KINDS = (
+    JobKind.DEPLOY,
+    JobKind.ROLLBACK,
+    JobKind.RESTORE,
+    JobKind.COPY,
+    JobKind.STOP,
+    JobKind.START,
+    JobKind.RESTART,
+    JobKind.DESTROY,
+)
+# The environment lifecycle jobs (``deployments.lifecycle``): their state shows "stopping", "starting", ...
+LIFECYCLE_JOB_KINDS = (JobKind.STOP, JobKind.START, JobKind.RESTART, JobKind.DESTROY)

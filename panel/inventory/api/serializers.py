@@ -29,7 +29,7 @@ from panel.accounts.api.serializers import (
 from panel.accounts.models import Organization
 from panel.accounts.services import record
 from panel.inventory import services
-from panel.inventory.choices import EnvironmentState
+from panel.inventory.choices import DeleteChoice, EnvironmentState
 from panel.inventory.models import PROXY_FIELDS, Environment, Project, Server
 from panel.remote import RemoteError
 from panel.remote.ssh import public_line_of
@@ -315,6 +315,26 @@ def check_aliases(value: list[str]) -> None:
         raise serializers.ValidationError(exc.messages) from exc
 
 
+class EnvironmentDeleteQuerySerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Query of ``DELETE /environments/{id}/``: what happens on the server (required)."""
+
+    choice = serializers.ChoiceField(
+        choices=DeleteChoice.choices,
+        help_text="destroyed: the environment's Destroy job succeeded (POST .../destroy/ first); leave_running: "
+        "its containers and volumes stay on the server, unwatched (the audit entry lists them).",
+    )
+
+
+class EnvironmentDeletedSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """What the audit entry of a removal records."""
+
+    choice = serializers.ChoiceField(choices=DeleteChoice.choices)
+    left = serializers.JSONField(
+        required=False, help_text="leave_running: server, compose project, directory, containers, volumes."
+    )
+    destroyed = serializers.JSONField(required=False, help_text="destroyed: what the Destroy job found and removed.")
+
+
 class EnvironmentSerializer(ContributedFieldsMixin, CustomerViewMixin, PanelModelSerializer):
     """An environment. Staff see everything but secret values; customers see ``customer_fields`` only.
 
@@ -376,9 +396,10 @@ class EnvironmentSerializer(ContributedFieldsMixin, CustomerViewMixin, PanelMode
             "current_deployment",
             "state",
             "state_detail",
+            "lifecycle_facts",
             "created_at",
         ]
-        read_only_fields = ["degraded", "created_at"]
+        read_only_fields = ["degraded", "lifecycle_facts", "created_at"]
         extra_kwargs = {"compose_project": {"required": False}, "compose_files": {"required": False}}
         create_only = ["project", "server", "compose_project"]
         # Uniqueness is checked by full_clean in the service, once compose_project has its default.
@@ -404,8 +425,10 @@ class EnvironmentSerializer(ContributedFieldsMixin, CustomerViewMixin, PanelMode
 
     @extend_schema_field(serializers.ChoiceField(choices=EnvironmentState.values))
     def get_state(self, environment: Environment) -> str:
-        """not deployed, deploying (a deploy or rollback job is queued or running), running, needs attention
-        (a change ended uncleanly: what runs is not known), or degraded (a deploy and its rollback failed)."""
+        """not deployed, deploying (a deploy or rollback job is queued or running), restoring, changing (a stop,
+        start, restart or destroy job is queued or running), running, stopped (stopped on purpose: the stop job
+        found its containers stopped), destroyed (a destroy job took it down), needs attention (a change ended
+        uncleanly: what runs is not known), or degraded (a deploy and its rollback failed)."""
         return self._state(environment).code
 
     @extend_schema_field(OpenApiTypes.STR)

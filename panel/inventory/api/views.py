@@ -23,6 +23,8 @@ from panel.accounts.api.views import Conflict, ScopedModelViewSet
 from panel.inventory import proxy, services
 from panel.inventory.api.serializers import (
     ConfirmHostKeySerializer,
+    EnvironmentDeletedSerializer,
+    EnvironmentDeleteQuerySerializer,
     EnvironmentSerializer,
     ProjectSerializer,
     ServerSerializer,
@@ -160,8 +162,16 @@ class ProjectViewSet(ScopedModelViewSet):
     def active_jobs(self, instance: Project) -> models.QuerySet[Job]:
         return Job.objects.filter(environment__project=instance)
 
+    def perform_destroy(self, instance: Project) -> None:
+        left = services.environments_not_destroyed(instance)
+        if left:
+            raise Conflict(
+                f"Remove its environments first ({', '.join(left)}): DELETE /environments/{{id}}/ needs a choice "
+                "of what happens on each server (destroyed or leave_running)."
+            )
+        super().perform_destroy(instance)
 
-@extend_schema_view(destroy=extend_schema(responses={204: None, 409: DetailSerializer}))
+
 class EnvironmentViewSet(ScopedModelViewSet):
     """Environments of projects. Customers read id, name, kind, domain, project and state; staff all but secret
     values."""
@@ -181,3 +191,26 @@ class EnvironmentViewSet(ScopedModelViewSet):
 
     def active_jobs(self, instance: Environment) -> models.QuerySet[Job]:
         return Job.objects.filter(environment=instance)
+
+    @extend_schema(
+        parameters=[EnvironmentDeleteQuerySerializer],
+        responses={200: EnvironmentDeletedSerializer, 400: DetailSerializer, 409: DetailSerializer},
+    )
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Remove the environment from the panel. ``?choice=`` is required: ``destroyed`` (its Destroy job
+        succeeded) or ``leave_running`` (what is left on the server is listed in the audit entry). Without a
+        choice, or ``destroyed`` for an environment that was not destroyed: 400, and nothing is removed. 409 while
+        a job is queued or running on it."""
+        environment = self.get_object()
+        query = EnvironmentDeleteQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        busy = self.active_jobs(environment).filter(status__in=ACTIVE_STATES).first()
+        if busy is not None:
+            raise Conflict(f"Job #{busy.pk} is queued or running on it; wait for it to end or cancel it.")
+        try:
+            detail = services.remove_environment(
+                environment=environment, actor=request.user, choice=query.validated_data["choice"], request=request
+            )
+        except services.RemovalRefused as exc:
+            raise serializers.ValidationError({"choice": [str(exc)]}) from exc
+        return Response(EnvironmentDeletedSerializer(detail).data)
