@@ -416,7 +416,7 @@ class EnvironmentDeleteForm(forms.Form):
     def __init__(self, *args: Any, environment: Environment, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.environment = environment
-        self.fields["choice"].choices = [
+        self.fields["choice"].choices = [  # type: ignore[attr-defined]
             (DeleteChoice.DESTROYED, "It was destroyed: its Destroy job took down its containers"),
             (DeleteChoice.LEAVE_RUNNING, "Leave it running on the server, unwatched by the panel"),
         ]

@@ -490,7 +490,7 @@ def finish_changing(*, environment: Environment, job: Job, proven: bool) -> None
         Environment.objects.filter(pk=environment.pk).update(attention="", lifecycle=Lifecycle.RUNNING)
 
 
-LIFECYCLE_VERBS = {JobKind.STOP: "stopping", JobKind.START: "starting", JobKind.RESTART: "restarting",
+LIFECYCLE_VERBS: dict[str, str] = {JobKind.STOP: "stopping", JobKind.START: "starting", JobKind.RESTART: "restarting",
                    JobKind.DESTROY: "destroying"}  # fmt: skip
 
 
