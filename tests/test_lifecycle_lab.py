@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+# Playwright's sync API (the browser test) runs an event loop in this thread; Django's ORM refuses to run in one
+# unless told.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
 from django.test import Client
 
 from deployments.lifecycle import start_lifecycle
@@ -260,3 +266,42 @@ def test_leave_running_records_what_was_left(lifecycle_env: Environment, lab1: L
     assert sorted(c["state"] for c in left["containers"]) == ["running", "running"]
     assert left["volumes"] == [f"{KEY}_db"]
     assert {c["state"] for c in containers(lab1).values()} == {"running"}, "leaving it running touched nothing"
+
+
+@pytest.mark.browser
+def test_buttons_in_the_browser(
+    live_server_url: str, lifecycle_env: Environment, lab1: LabHost, users: dict[str, Any], browser: Any
+) -> None:
+    """Stop a production environment from its page (typed name), see it stopped; Start it, see it running."""
+    from playwright.sync_api import expect
+
+    from tests.conftest import PASSWORD
+
+    environment = lifecycle_env
+    page = browser.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{live_server_url}/login/")
+    page.locator("#id_username").fill("alice")
+    page.locator("#id_password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live_server_url}/dashboard/")
+    page.goto(f"{live_server_url}/environments/{environment.pk}/")
+    stop = page.get_by_test_id("stop-form")
+    stop.get_by_role("button", name="Stop").click()  # the typed name is required: the browser refuses the form
+    assert page.url.endswith(f"/environments/{environment.pk}/")
+    assert not Job.objects.filter(environment=environment, kind="stop").exists()
+    stop.locator("input[name=confirm]").fill("prod")
+    stop.get_by_role("button", name="Stop").click()
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    wait_job(Job.objects.get(environment=environment, kind="stop"), timeout=120)
+    assert {c["state"] for c in containers(lab1).values()} == {"exited"}
+    page.goto(f"{live_server_url}/environments/{environment.pk}/")
+    expect(page.get_by_test_id("environment-state")).to_have_text(re.compile(r"^\s*stopped\s*$"))
+    page.get_by_test_id("start-form").get_by_role("button", name="Start").click()
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    job = wait_job(Job.objects.get(environment=environment, kind="start"), timeout=120)
+    assert job.status == "succeeded", job.reason
+    assert odoo_health(lab1)
+    page.goto(f"{live_server_url}/environments/{environment.pk}/")
+    expect(page.get_by_test_id("environment-state")).to_have_text(re.compile(r"running"))
+    page.close()
