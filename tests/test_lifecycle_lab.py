@@ -34,6 +34,7 @@ from panel.inventory.choices import EnvironmentState, Lifecycle
 from panel.inventory.models import Environment, Project
 from panel.inventory.services import environment_state
 from panel.jobs.models import Job, JobLogLine
+from panel.jobs.services import reap_stale_jobs
 from tests.lab.lab import POSTGRES_IMAGE, LabHost
 from tests.lab_helpers import add_lab_server, wait_job
 from tests.monitoring_fixtures import ODOO_IMAGE
@@ -305,3 +306,57 @@ def test_buttons_in_the_browser(
     page.goto(f"{live_server_url}/environments/{environment.pk}/")
     expect(page.get_by_test_id("environment-state")).to_have_text(re.compile(r"running"))
     page.close()
+
+
+SLOW_YAML = f"""\
+services:
+  slow:
+    image: {POSTGRES_IMAGE}
+    entrypoint: ["sleep", "infinity"]
+"""
+
+
+def tagged_processes(host: LabHost, job: Job) -> list[str]:
+    """Processes of the SSH user that carry the job's tag."""
+    script = f"grep -lzF DOODBA_PANEL_JOB={job.pk}- /proc/[0-9]*/environ 2>/dev/null || true"
+    return host.ssh("sh", "-c", script, check=True).stdout.split()
+
+
+def test_worker_killed_during_a_stop(
+    lifecycle_env: Environment, lab1: LabHost, users: dict[str, Any], jobs_worker: Any
+) -> None:
+    """The worker dies while ``compose stop`` waits for a container that ignores SIGTERM: the job ends
+    interrupted, nothing it started runs on on the host, the environment needs attention (what runs is not known),
+    and a Start proves it runs again."""
+    environment = lifecycle_env
+    lab1.ssh("sh", "-c", 'printf %s "$2" >"$1/src/slow.yaml"', "sh", DIRECTORY, SLOW_YAML, check=True)
+    Environment.objects.filter(pk=environment.pk).update(compose_files=["prod.yaml", "slow.yaml"])
+    environment.refresh_from_db()
+    up = lab1.ssh(*COMPOSE[:-2], "-f", f"{DIRECTORY}/src/slow.yaml", *COMPOSE[-2:], "up", "-d", timeout=300)
+    assert up.returncode == 0, up.stderr
+    assert containers(lab1)["slow"]["state"] == "running"
+
+    job = start_lifecycle(environment=environment, actor=users["alice"], action="stop", confirm="prod")
+    deadline = time.monotonic() + 60
+    while not JobLogLine.objects.filter(job=job, text__startswith="▶ Stop every service").exists():
+        assert time.monotonic() < deadline, "the stop never started"
+        time.sleep(0.1)
+    time.sleep(2)  # compose stop waits for the container that ignores SIGTERM (LIFECYCLE_STOP_TIMEOUT: 30 s)
+    jobs_worker.kill()
+    deadline = time.monotonic() + 60
+    while job.status != "interrupted":  # the reaper (a beat task) ends a job whose lease ran out
+        assert time.monotonic() < deadline, f"job {job.pk} still {job.status}"
+        reap_stale_jobs()
+        time.sleep(0.5)
+        job.refresh_from_db()
+    assert "stopped responding" in job.reason, job.reason
+    assert tagged_processes(lab1, job) == [], "the stop's commands outlived its connection"
+    environment.refresh_from_db()
+    state = environment_state(environment)
+    assert state.code == EnvironmentState.NEEDS_ATTENTION and f"Stop #{job.pk}" in state.detail, state
+    assert environment.lifecycle == Lifecycle.RUNNING, "nothing was recorded as stopped"
+
+    jobs_worker.start()
+    run(environment, users["alice"], "start", timeout=180)
+    assert {c["state"] for c in containers(lab1).values()} == {"running"}
+    assert environment_state(environment).code == EnvironmentState.RUNNING
