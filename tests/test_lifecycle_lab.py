@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ import pytest
 # unless told.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
+from django.conf import settings
 from django.test import Client
 
 from deployments.lifecycle import start_lifecycle
@@ -360,3 +364,32 @@ def test_worker_killed_during_a_stop(
     run(environment, users["alice"], "start", timeout=180)
     assert {c["state"] for c in containers(lab1).values()} == {"running"}
     assert environment_state(environment).code == EnvironmentState.RUNNING
+
+
+@pytest.fixture
+def local_root() -> Iterator[Path]:
+    """A directory under the worker's BACKUP_LOCAL_ROOTS (the worker is another process: its settings apply)."""
+    root = Path(settings.BACKUP_LOCAL_ROOTS[0]) / f"test-{secrets.token_hex(4)}"
+    root.mkdir(parents=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_destroy_takes_a_final_backup_first(
+    lifecycle_env: Environment, lab1: LabHost, users: dict[str, Any], local_root: Path
+) -> None:
+    from backups.models import Backup, BackupSettings
+    from tests.backup_fixtures import make_local_storage
+
+    environment = lifecycle_env
+    storage = make_local_storage(environment.project.organization, local_root)
+    BackupSettings.objects.create(environment=environment, storage=storage)
+    job = run(environment, users["alice"], "destroy", confirm="prod", backup=True, volumes=True, timeout=180)
+    backup = Backup.objects.get(job=job)
+    assert backup.status == "good", backup.reason
+    assert (local_root / backup.key_prefix / "manifest.json").exists() or any(local_root.rglob("manifest.json"))
+    steps = [step["name"] for step in job.result["steps"]]
+    assert steps.index("Write the manifest") < steps.index("Take down the containers"), steps
+    assert containers(lab1) == {} and volumes(lab1) == []
+    event = AuditEvent.objects.get(action="environment.destroy", object_id=str(environment.pk))
+    assert event.detail["backup"] is True and event.detail["volumes"] is True
