@@ -22,6 +22,7 @@ running on the server, and the audit entry says what was left there (containers,
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -101,6 +102,10 @@ def start_lifecycle(
     environment.refresh_from_db(fields=["lifecycle"])
     if environment.lifecycle == Lifecycle.DESTROYED and action != "destroy":
         raise LifecycleRefused("This environment was destroyed: deploy it to bring it back.")
+    if backup:
+        from backups.services import backup_settings_of
+
+        backup_settings_of(environment)  # refused (JobFailed) before anything is queued: no backup storage
     with transaction.atomic():
         job = environment_job(environment=environment, kind=ACTIONS[action], actor=actor, trigger=trigger)
         job.params.update({"action": action, "service": service, "volumes": bool(volumes)})
@@ -116,8 +121,6 @@ def start_lifecycle(
 
 def _final_backup(environment: Environment, job: Job) -> Any:
     """The backup a Destroy takes first, run in the destroy job (its steps, into the environment's storage)."""
-    import secrets
-
     from backups.models import Backup, BackupKind, BackupStatus
     from backups.services import backup_settings_of
 
