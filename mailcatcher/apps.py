@@ -6,3 +6,10 @@ class MailcatcherConfig(AppConfig):
 
     name = "mailcatcher"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from mailcatcher.extensions import contributions
+        from panel import extensions
+
+        for contribution in contributions():
+            extensions.register(contribution)

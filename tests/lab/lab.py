@@ -76,6 +76,9 @@ DOODBA_IMAGES = (
     f"ghcr.io/tecnativa/doodba:{ODOO_VERSION}-onbuild",
     f"tecnativa/doodba:{ODOO_VERSION}-onbuild",
 )
+#: The template's common.yaml runs ``docker.io/mailhog/mailhog`` as ``smtpfake`` (test.yaml's ``smtp``); the lab's
+#: stand-in (``images/mailcatcher``) speaks MailHog's SMTP and HTTP API and carries its name.
+MAILCATCHER_IMAGE = "mailhog/mailhog:latest"
 BASE_IMAGE_REPO = "doodba-panel-lab/base"
 STAMP_LABEL = "doodba-panel-lab.stamp"
 
@@ -983,7 +986,7 @@ def image_stamp_on(spec: HostSpec, image: str) -> str | None:
 
 def lab_images() -> tuple[str, ...]:
     """Every tag the lab builds."""
-    return (POSTGRES_IMAGE, *DOODBA_IMAGES)
+    return (POSTGRES_IMAGE, *DOODBA_IMAGES, MAILCATCHER_IMAGE)
 
 
 def images_current(spec: HostSpec, stamp: str) -> bool:
@@ -1004,6 +1007,8 @@ def build_images(spec: HostSpec, stamp: str, tarball: Path) -> None:
     log(f"{spec.name}: building {', '.join(DOODBA_IMAGES)} (Odoo {ODOO_VERSION} stand-in)")
     tags = [arg for image in DOODBA_IMAGES for arg in ("-t", image)]
     host_docker(spec, *common, *tags, "--build-arg", f"ODOO_VERSION={ODOO_VERSION}", str(IMAGES_SRC / "odoo"))
+    log(f"{spec.name}: building {MAILCATCHER_IMAGE} (MailHog stand-in)")
+    host_docker(spec, *common, "-t", MAILCATCHER_IMAGE, str(IMAGES_SRC / "mailcatcher"))
     for old in cache_dir().glob("lab-images-*.tar"):
         old.unlink()
     tmp = tarball.with_suffix(".partial")
