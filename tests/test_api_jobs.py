@@ -120,6 +120,7 @@ def test_it_refuses_to_delete_a_server_with_an_active_job(alice: APIClient, pinn
     response = alice.delete(f"/api/v1/servers/{pinned_server.pk}/")
     assert response.status_code == 409  # its environment still uses it
     assert "still used by" in response.json()["detail"]
-    assert alice.delete(f"/api/v1/environments/{pinned_server.environments.get().pk}/").status_code == 204
+    environment = pinned_server.environments.get()
+    assert alice.delete(f"/api/v1/environments/{environment.pk}/?choice=leave_running").status_code == 200
     assert alice.delete(f"/api/v1/servers/{pinned_server.pk}/").status_code == 204
     assert AuditEvent.objects.filter(action="server.deleted").count() == 1

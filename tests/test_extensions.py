@@ -248,10 +248,13 @@ def test_it_refuses_a_contribution_that_reuses_a_page_variable(users: Any, inven
 
 def test_it_lists_deployments_as_the_environment_contribution() -> None:
     names = [contribution.name for contribution in extensions.contributions("environment")]
-    # Deployments (order 100) first, then backups (200) and its Odoo zips (210), then monitoring's (300 and on).
+    # Deployments (order 100) first, then backups (200) and its Odoo zips (210), then monitoring's (300 and on), the
+    # mail catcher (330) and the terminal (400).
     assert names[:3] == ["deployments", "backups.environment", "backups.zips"]
-    assert all(name.startswith("monitoring.") for name in names[3:])
+    assert all(name.startswith("monitoring.") for name in names[3:-2])
+    assert names[-2:] == ["mailcatcher.mails", "terminal.environment"]
     assert [c.name for c in extensions.contributions("project")] == ["deployments.webhooks", "deployments.answers"]
     # Then monitoring's modules (order 300 and on).
     assert extensions.html_urls()[:2] == ["deployments.urls", "backups.urls"]
-    assert all(module.startswith("monitoring.") for module in extensions.html_urls()[2:])
+    assert all(module.startswith("monitoring.") for module in extensions.html_urls()[2:-2])
+    assert extensions.html_urls()[-2:] == ["mailcatcher.urls", "terminal.urls"]

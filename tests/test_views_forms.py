@@ -307,7 +307,11 @@ def test_it_keeps_secrets_when_the_field_is_left_blank(users: Any, inventory: An
 def test_it_deletes_with_an_audit_event(users: Any, inventory: Any) -> None:
     client = client_for(users["alice"])
     environment = inventory["env_a"]
-    assert client.post(reverse("environment_delete", args=[environment.pk])).status_code == 302
+    # Removing an environment from the panel needs a choice: here, leave it running on its server.
+    assert (
+        client.post(reverse("environment_delete", args=[environment.pk]), {"choice": "leave_running"}).status_code
+        == 302
+    )
     assert not Environment.objects.filter(pk=environment.pk).exists()
     assert AuditEvent.objects.filter(action="environment.deleted", object_id=str(environment.pk)).exists()
     # A server still used by an environment is not deleted.
