@@ -1,0 +1,230 @@
+"""Benchmark: terminal keystroke round trip (type a key, see its echo), the panel's websocket against
+``ssh -tt host docker exec -it … sh`` in the same run.
+
+A container on lab host lab1 (labelled as service ``odoo`` of a compose project, so the panel's shell profile finds
+it) sleeps. On each side a shell in it runs ``cat >/dev/null`` on its TTY, so every key comes back as the TTY's echo;
+a key is sent only after the previous one's echo arrived (a return every 60 keys keeps the line short). Per key,
+round trip = echo arrival − send time.
+
+- **Panel:** a real uvicorn serves the panel; a ticket from the POST, then the terminal websocket (binary frames)
+  and the PTY over the pooled SSH connection.
+- **Baseline:** the OpenSSH client (``ssh -tt``) runs ``docker exec -it <id> sh`` on the host; this process writes
+  its stdin and reads its stdout.
+
+The two alternate (``--rounds`` each). Prints p50 and p99 of each side and the ratios panel ÷ baseline (aim ≤ 1.5);
+writes ``bench/results/terminal.json``.
+
+    .venv/bin/python bench/terminal.py [--keys 300] [--rounds 2]
+
+Uses a fresh PostgreSQL test database (created and dropped) and Redis db 8 (``BENCH_REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("DATABASE_URL", "postgres://panel_test:panel_test@127.0.0.1:5432/panel_bench_terminal")
+os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6390/8")
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+import django  # noqa: E402
+
+django.setup()
+
+import websockets  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from tests.conftest import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from tests.lab.lab import ensure_up, exclusive_use  # noqa: E402
+
+PROJECT = "benchterm"
+ODOO_IMAGE = "ghcr.io/tecnativa/doodba:16.0-onbuild"
+KEYS = "abcdefghijklmnopqrstuvwxyz0123456789"
+READY = "cat-ready"
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(percentile(values, 50) * 1000, 2),
+        "p99_ms": round(percentile(values, 99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(values) * 1000, 2),
+    }
+
+
+def baseline(host: Any, container: str, keys: int) -> list[float]:
+    """Round trips through ``ssh -tt host docker exec -it <id> sh``."""
+    argv = host.ssh_argv("docker", "exec", "-it", container, "sh")
+    argv.insert(1, "-tt")
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
+    assert proc.stdin is not None and proc.stdout is not None
+    out = proc.stdout.fileno()
+    buffer = b""
+
+    def until(needle: bytes, timeout: float = 20) -> None:
+        nonlocal buffer
+        deadline = time.monotonic() + timeout
+        while needle not in buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"baseline: {needle!r} not in {buffer[-300:]!r}")
+            if select.select([out], [], [], left)[0]:
+                buffer += os.read(out, 65536)
+        buffer = buffer[buffer.index(needle) + len(needle) :]
+
+    try:
+        proc.stdin.write(f"echo {READY[:3]}''{READY[3:]}; exec cat >/dev/null\n".encode())
+        until(READY.encode())
+        time.sleep(0.3)
+        buffer = b""
+        times = []
+        for n in range(keys):
+            key = b"\r" if n % 60 == 59 else KEYS[n % len(KEYS)].encode()
+            sent = time.perf_counter()
+            proc.stdin.write(key)
+            until(b"\n" if key == b"\r" else key)
+            times.append(time.perf_counter() - sent)
+        return times
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def panel(url: str, headers: dict[str, str], ticket: str, keys: int) -> list[float]:
+    """Round trips through the panel's terminal websocket."""
+    async with websockets.connect(url, additional_headers=headers) as socket:
+        await socket.send(json.dumps({"type": "open", "ticket": ticket, "cols": 120, "rows": 30}))
+        buffer = b""
+
+        async def until(needle: bytes, timeout: float = 20) -> None:
+            nonlocal buffer
+            deadline = time.monotonic() + timeout
+            while needle not in buffer:
+                frame = await asyncio.wait_for(socket.recv(), timeout=max(0.01, deadline - time.monotonic()))
+                if isinstance(frame, bytes):
+                    buffer += frame
+            buffer = buffer[buffer.index(needle) + len(needle) :]
+
+        await socket.send(f"echo {READY[:3]}''{READY[3:]}; exec cat >/dev/null\r".encode())
+        await until(READY.encode())
+        await asyncio.sleep(0.3)
+        buffer = b""
+        times = []
+        for n in range(keys):
+            key = b"\r" if n % 60 == 59 else KEYS[n % len(KEYS)].encode()
+            sent = time.perf_counter()
+            await socket.send(key)
+            await until(b"\n" if key == b"\r" else key)
+            times.append(time.perf_counter() - sent)
+        return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--keys", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    from django.contrib.auth import get_user_model
+
+    from panel.accounts.models import Membership, Organization
+    from panel.inventory.choices import EnvironmentKind
+    from panel.inventory.models import Environment, Project
+    from tests.lab_helpers import add_lab_server
+
+    lab = ensure_up()
+    host = lab.hosts["lab1"]
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    database = connection.settings_dict
+    server_proc: ManagedProcess | None = None
+    container = f"{PROJECT}-odoo-1"
+    try:
+        with exclusive_use():
+            host.docker("rm", "-f", container)
+            started = host.docker(
+                "run", "-d", "--name", container, "--label", f"com.docker.compose.project={PROJECT}",
+                "--label", "com.docker.compose.service=odoo", "--entrypoint", "sleep", ODOO_IMAGE, "infinity",
+            )  # fmt: skip
+            if started.returncode != 0:
+                raise RuntimeError(started.stderr)
+            container_id = started.stdout.strip()
+            organization = Organization.objects.create(name="Bench", slug="bench")
+            user = get_user_model().objects.create_user("bench", password="bench-bench-bench-42")
+            Membership.objects.create(user=user, organization=organization, role="owner")
+            server = add_lab_server(organization, user, host, name="lab1-bench")
+            project = Project.objects.create(
+                organization=organization, name="Bench", slug="bench", git_url="/srv/git/x.git", odoo_version="16.0"
+            )
+            environment = Environment.objects.create(
+                project=project, server=server, name="test", kind=EnvironmentKind.TEST, compose_files=["test.yaml"],
+                compose_project=PROJECT,
+            )  # fmt: skip
+            port = free_port()
+            url_db = (
+                f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:{database['PORT']}/"
+                f"{database['NAME']}"
+            )
+            server_proc = ManagedProcess(
+                "uvicorn",
+                [sys.executable, "-m", "uvicorn", "panel.asgi:application", "--host", "127.0.0.1", "--port",
+                 str(port), "--log-level", "warning"],
+                Path(f"/tmp/bench-terminal-uvicorn-{os.getpid()}.log"),
+                env={"DATABASE_URL": url_db, "REDIS_URL": os.environ["REDIS_URL"]},
+            )  # fmt: skip
+            server_proc.start()
+            wait_for_port(port, server_proc)
+            client = Client()
+            client.force_login(user)
+            headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}", "Origin": f"http://127.0.0.1:{port}"}
+            url = f"ws://127.0.0.1:{port}/ws/environments/{environment.pk}/terminal/"
+
+            def ticket() -> str:
+                answer = client.post(f"/environments/{environment.pk}/terminal/ticket/", {"profile": "shell"})
+                return str(answer.json()["ticket"])
+
+            asyncio.run(panel(url, headers, ticket(), 20))  # warm-up: the pooled SSH connection, the first exec
+            baseline(host, container_id, 20)
+            sides: dict[str, list[float]] = {"baseline": [], "panel": []}
+            for round_number in range(args.rounds):
+                sides["baseline"] += baseline(host, container_id, args.keys)
+                sides["panel"] += asyncio.run(panel(url, headers, ticket(), args.keys))
+                print(f"round {round_number + 1}: baseline {len(sides['baseline'])}, panel {len(sides['panel'])}")
+    finally:
+        if server_proc is not None:
+            server_proc.stop()
+        host.docker("rm", "-f", container)
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+
+    base, ours = summary(sides["baseline"]), summary(sides["panel"])
+    report = {
+        "keys_per_side": args.keys * args.rounds,
+        "baseline": base,
+        "panel": ours,
+        "p50_ratio": round(ours["p50_ms"] / base["p50_ms"], 2),
+        "p99_ratio": round(ours["p99_ms"] / base["p99_ms"], 2),
+    }
+    print(json.dumps(report, indent=2))
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "terminal.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
