@@ -13,6 +13,7 @@ from panel.accounts.models import Organization
 from panel.accounts.scoping import for_user, get_for_user
 from panel.accounts.services import record
 from panel.inventory.choices import EnvironmentKind
+from panel.middleware import CONTENT_SECURITY_POLICY
 from terminal.models import Profile, TerminalSession
 from terminal.services import (
     TerminalRefused,
@@ -22,6 +23,12 @@ from terminal.services import (
     recording_path,
     terminals_enabled,
 )
+
+# asciinema-player runs its terminal emulator as WebAssembly (compiling it needs 'wasm-unsafe-eval', which allows no
+# JavaScript eval) and positions its rows with style attributes; everything else as the panel's own policy.
+REPLAY_CONTENT_SECURITY_POLICY = CONTENT_SECURITY_POLICY.replace(
+    "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"
+).replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 
 
 @require_GET
@@ -83,7 +90,10 @@ def _session(request: HttpRequest, session_id: int) -> TerminalSession:
 def session_replay(request: HttpRequest, session_id: int) -> HttpResponse:
     """Replay one recorded session in the browser (asciinema-player)."""
     session = _session(request, session_id)
-    return render(request, "terminal/replay.html", {"session": session, "has_recording": bool(recording_path(session))})
+    context = {"session": session, "has_recording": bool(recording_path(session))}
+    response = render(request, "terminal/replay.html", context)
+    response.headers["Content-Security-Policy"] = REPLAY_CONTENT_SECURITY_POLICY
+    return response
 
 
 @require_GET
