@@ -8,6 +8,8 @@ round trip = echo arrival − send time.
 
 - **Panel:** a real uvicorn serves the panel; a ticket from the POST, then the terminal websocket (binary frames)
   and the PTY over the pooled SSH connection.
+- **Channel only** (for the breakdown): the panel's PTY channel driven from this process (paramiko, no
+  websocket, no ASGI).
 - **Baseline:** the OpenSSH client (``ssh -tt``) runs ``docker exec -it <id> sh`` on the host; this process writes
   its stdin and reads its stdout.
 
@@ -137,6 +139,41 @@ async def panel(url: str, headers: dict[str, str], ticket: str, keys: int) -> li
         return times
 
 
+def direct(environment: Any, keys: int) -> list[float]:
+    """Round trips through the panel's PTY channel alone (paramiko, no websocket): where the panel's time goes."""
+    import queue
+
+    from terminal.services import RemoteTerminal, plan_session
+
+    received: queue.Queue[bytes] = queue.Queue()
+    remote = RemoteTerminal(plan_session(environment, "shell"), 120, 30, received.put)
+    buffer = b""
+
+    def until(needle: bytes, timeout: float = 20) -> None:
+        nonlocal buffer
+        while needle not in buffer:
+            buffer += received.get(timeout=timeout)
+        buffer = buffer[buffer.index(needle) + len(needle) :]
+
+    try:
+        remote.write(f"echo {READY[:3]}''{READY[3:]}; exec cat >/dev/null\r".encode())
+        until(READY.encode())
+        time.sleep(0.3)
+        while not received.empty():
+            received.get_nowait()
+        buffer = b""
+        times = []
+        for n in range(keys):
+            key = b"\r" if n % 60 == 59 else KEYS[n % len(KEYS)].encode()
+            sent = time.perf_counter()
+            remote.write(key)
+            until(b"\n" if key == b"\r" else key)
+            times.append(time.perf_counter() - sent)
+        return times
+    finally:
+        remote.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=300)
@@ -201,10 +238,11 @@ def main() -> None:
 
             asyncio.run(panel(url, headers, ticket(), 20))  # warm-up: the pooled SSH connection, the first exec
             baseline(host, container_id, 20)
-            sides: dict[str, list[float]] = {"baseline": [], "panel": []}
+            sides: dict[str, list[float]] = {"baseline": [], "panel": [], "channel": []}
             for round_number in range(args.rounds):
                 sides["baseline"] += baseline(host, container_id, args.keys)
                 sides["panel"] += asyncio.run(panel(url, headers, ticket(), args.keys))
+                sides["channel"] += direct(environment, args.keys)
                 print(f"round {round_number + 1}: baseline {len(sides['baseline'])}, panel {len(sides['panel'])}")
     finally:
         if server_proc is not None:
@@ -219,6 +257,7 @@ def main() -> None:
         "panel": ours,
         "p50_ratio": round(ours["p50_ms"] / base["p50_ms"], 2),
         "p99_ratio": round(ours["p99_ms"] / base["p99_ms"], 2),
+        "channel_only": summary(sides["channel"]),
     }
     print(json.dumps(report, indent=2))
     out = ROOT / "bench" / "results"
