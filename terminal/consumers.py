@@ -148,9 +148,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 chunks.append(more)
             payload = b"".join(chunks)
             if payload:
+                await self.send(bytes_data=payload)
                 if self.recorder is not None:
                     self.recorder.output(payload)
-                await self.send(bytes_data=payload)
             if finished:
                 await self._end("exited")
                 return
