@@ -424,10 +424,38 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "panel.api.exception_handler",
 }
 # --- Environment lifecycle (deployments.lifecycle) ---
+# How long Start and Restart wait for every container to run and Odoo to answer /web/health with pass.
+LIFECYCLE_HEALTH_TIMEOUT = envfloat("LIFECYCLE_HEALTH_TIMEOUT", 300.0)
+# How long docker compose stop/restart give a container to end before it is killed (compose's -t).
+LIFECYCLE_STOP_TIMEOUT = envint("LIFECYCLE_STOP_TIMEOUT", 30)
+# How long the delete page and API wait to list what an environment leaves running on its server.
+LIFECYCLE_INVENTORY_TIMEOUT = envfloat("LIFECYCLE_INVENTORY_TIMEOUT", 20.0)
 
 # --- Terminal (terminal) ---
+# A ticket (POST, CSRF) opens one terminal websocket within this many seconds, once.
+TERMINAL_TICKET_SECONDS = envfloat("TERMINAL_TICKET_SECONDS", 30.0)
+# A session without a keystroke for this long ends; no session lasts longer than the maximum.
+TERMINAL_IDLE_SECONDS = envfloat("TERMINAL_IDLE_SECONDS", 900.0)
+TERMINAL_MAX_SECONDS = envfloat("TERMINAL_MAX_SECONDS", 4 * 3600.0)
+# Seconds a connected socket may take to send its ticket before it is closed.
+TERMINAL_OPEN_SECONDS = envfloat("TERMINAL_OPEN_SECONDS", 10.0)
+# Recordings (asciicast v2, output only) stop growing past this size (the session goes on, unrecorded: noted).
+TERMINAL_RECORDING_MAX_BYTES = envint("TERMINAL_RECORDING_MAX_BYTES", 64 * 1024 * 1024)
+# Timeout of the short commands around a session (finding the container, ending its processes).
+TERMINAL_COMMAND_TIMEOUT = envfloat("TERMINAL_COMMAND_TIMEOUT", 20.0)
 
 # --- Mail catcher (mailcatcher) ---
+# Compose services of a non-production environment that may be its mail catcher (MailHog or Mailpit), first found wins.
+MAILCATCHER_SERVICES = envlist("MAILCATCHER_SERVICES", "smtp,mailhog,mailpit")
+# The catcher's HTTP API port inside its container (reached over SSH direct-tcpip, never published).
+MAILCATCHER_HTTP_PORT = envint("MAILCATCHER_HTTP_PORT", 8025, minimum=1)
+# Bound on one request to the catcher's API (channel open, answer), and on finding its container.
+MAILCATCHER_TIMEOUT = envfloat("MAILCATCHER_TIMEOUT", 10.0)
+# Mails per page of the list, and the largest answer (one mail with its attachments) the panel reads.
+MAILCATCHER_PAGE_SIZE = envint("MAILCATCHER_PAGE_SIZE", 50, minimum=1)
+MAILCATCHER_MAX_BYTES = envint("MAILCATCHER_MAX_BYTES", 32 * 1024 * 1024, minimum=1024)
+# How long the catcher's address and API kind are remembered (a failed request forgets them at once).
+MAILCATCHER_ADDRESS_CACHE_SECONDS = envint("MAILCATCHER_ADDRESS_CACHE_SECONDS", 60, minimum=0)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Doodba Panel API",
