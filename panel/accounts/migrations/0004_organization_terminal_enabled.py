@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0003_two_factor'),
+        ("accounts", "0003_two_factor"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='organization',
-            name='terminal_enabled',
-            field=models.BooleanField(default=True, help_text='Owners and operators may open a terminal (shell, psql, odoo shell) on its environments.'),
+            model_name="organization",
+            name="terminal_enabled",
+            field=models.BooleanField(
+                default=True,
+                help_text="Owners and operators may open a terminal (shell, psql, odoo shell) on its environments.",
+            ),
         ),
     ]
