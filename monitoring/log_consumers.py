@@ -23,12 +23,10 @@ import logging
 import re
 import secrets
 import time
-from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
 
 import redis.asyncio as aioredis
-from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -46,9 +44,15 @@ from monitoring.logs import (
 )
 from panel.accounts.choices import Action
 from panel.accounts.scoping import for_user
-from panel.accounts.services import is_fully_authenticated
 from panel.inventory.models import Environment
-from panel.jobs.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, MIN_INTERVAL
+from panel.jobs.consumers import (
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHENTICATED,
+    MIN_INTERVAL,
+    connect_refusal,
+    session_user,
+)
 from panel.remote.errors import RemoteError
 from panel.remote.ssh import Target
 
@@ -69,14 +73,11 @@ class ContainerLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     reader: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        session = self.scope.get("session")
-        if user is None or not user.is_authenticated or session is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        refusal = await connect_refusal(self.scope)
+        if refusal is not None:
+            await self.close(code=refusal)
             return
-        if not await database_sync_to_async(is_fully_authenticated)(user, session):
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
+        user, session = self.scope["user"], self.scope["session"]
         kwargs = self.scope["url_route"]["kwargs"]
         environment_id, service = int(kwargs["environment_id"]), str(kwargs["service"])
         environment = await self._environment(user, environment_id)
@@ -172,14 +173,8 @@ class ContainerLogConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def _access_verdict(self) -> int | None:
         """None while the session still holds the same, fully signed-in user who may see the environment's
         details; else the close code."""
-        if not self.session_key:
-            return CLOSE_UNAUTHENTICATED
-        engine = import_module(settings.SESSION_ENGINE)
-        session = engine.SessionStore(session_key=self.session_key)
-        user = await get_user({"session": session})
-        if not user.is_authenticated or user.pk != self.user_id or not user.is_active:
-            return CLOSE_UNAUTHENTICATED
-        if not await database_sync_to_async(is_fully_authenticated)(user, session):
+        user = await session_user(self.session_key, self.user_id)
+        if user is None:
             return CLOSE_UNAUTHENTICATED
         if await self._environment(user, self.source.environment_id) is None:
             return CLOSE_FORBIDDEN

@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from panel.accounts.services import is_fully_authenticated
+from panel.jobs.consumers import connect_refusal, session_user
 from terminal.models import TerminalSession
 from terminal.services import (
     Recorder,
@@ -59,15 +59,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         self.tasks = []
-        user = self.scope.get("user")
-        session = self.scope.get("session")
-        if user is None or not user.is_authenticated or session is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        refusal = await connect_refusal(self.scope)
+        if refusal is not None:
+            await self.close(code=refusal)
             return
-        if not await database_sync_to_async(is_fully_authenticated)(user, session):
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        self.user = user
+        self.user = self.scope["user"]
+        self.session_key = self.scope["session"].session_key
         self.environment_id = int(self.scope["url_route"]["kwargs"]["environment_id"])
         self.output: asyncio.Queue[bytes] = asyncio.Queue()
         self.last_input = self.started = time.monotonic()
@@ -156,7 +153,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 return
 
     async def _watch(self) -> None:
-        """The limits (idle, maximum length) and the user's access, checked every second."""
+        """The limits (idle, maximum length) every second; the user's session and access every
+        ``ACCESS_CHECK_SECONDS``."""
         checked = time.monotonic()
         while not self.ended:
             await asyncio.sleep(1.0)
@@ -169,6 +167,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 return
             if now - checked >= ACCESS_CHECK_SECONDS:
                 checked = now
+                # A logout (or a lost second factor, a deactivated account) ends the session like a lost role.
+                if await session_user(self.session_key, self.user.pk) is None:
+                    await self._end("logged_out", code=CLOSE_UNAUTHENTICATED)
+                    return
                 try:
                     await database_sync_to_async(environment_for_terminal)(self.user, self.environment_id)
                 except TerminalRefused:

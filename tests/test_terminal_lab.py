@@ -323,3 +323,32 @@ def test_idle_sessions_and_long_sessions_end(running_env: RunningEnv, short_serv
     wait_for(lambda: session_processes(env) == [], "no process of the sessions left")
     reasons = sorted(TerminalSession.objects.values_list("end_reason", flat=True))
     assert reasons == ["idle_timeout", "max_length"]
+
+
+def test_a_logout_ends_the_session_and_its_processes(
+    running_env: RunningEnv, live_server_url: str, users: dict[str, Any]
+) -> None:
+    """Signing out (the stored session gone) ends an open terminal within the access re-check, like a lost role."""
+    from django.contrib.sessions.models import Session
+
+    env = running_env
+    cookie = session_cookie(users["alice"])
+    alice = {"Cookie": cookie, "Origin": live_server_url}
+    token = ticket(users["alice"], env.environment)
+
+    async def scenario() -> tuple[int | None, list[dict[str, Any]], float]:
+        socket = await open_session(live_server_url, env.environment, alice, token)
+        screen = Screen(socket)
+        await screen.type("echo $((6*7))\r")
+        await screen.until("42\r\n")
+        await asyncio.to_thread(Session.objects.filter(session_key=cookie.partition("=")[2]).delete)
+        started = time.monotonic()
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            await screen.until("never", timeout=15)
+        return socket.close_code, screen.messages, time.monotonic() - started
+
+    code, messages, took = asyncio.run(scenario())
+    assert code == 4401 and messages[-1] == {"type": "end", "reason": "logged_out"}, messages
+    assert took < 8
+    wait_for(lambda: session_processes(env) == [], "no process of the session left")
+    wait_for(lambda: TerminalSession.objects.get().end_reason == "logged_out", "the session's end recorded")
