@@ -393,3 +393,47 @@ def test_destroy_takes_a_final_backup_first(
     assert containers(lab1) == {} and volumes(lab1) == []
     event = AuditEvent.objects.get(action="environment.destroy", object_id=str(environment.pk))
     assert event.detail["backup"] is True and event.detail["volumes"] is True
+
+
+def test_a_server_that_stops_answering_fails_a_stop_in_bounded_time(
+    lifecycle_env: Environment, lab1: LabHost, users: dict[str, Any], jobs_worker: Any
+) -> None:
+    """sshd paused while ``compose stop`` waits (silently) for a container that ignores SIGTERM: the unanswered
+    keepalive fails the job within its bound with a reason that says so, nothing is recorded as stopped (the
+    environment needs attention), and once the host answers again nothing of the job is left there and a Start
+    proves the environment runs."""
+    environment = lifecycle_env
+    lab1.ssh("sh", "-c", 'printf %s "$2" >"$1/src/slow.yaml"', "sh", DIRECTORY, SLOW_YAML, check=True)
+    Environment.objects.filter(pk=environment.pk).update(compose_files=["prod.yaml", "slow.yaml"])
+    environment.refresh_from_db()
+    up = lab1.ssh(*COMPOSE[:-2], "-f", f"{DIRECTORY}/src/slow.yaml", *COMPOSE[-2:], "up", "-d", timeout=300)
+    assert up.returncode == 0, up.stderr
+
+    job = start_lifecycle(environment=environment, actor=users["alice"], action="stop", confirm="prod")
+    deadline = time.monotonic() + 60
+    while not JobLogLine.objects.filter(job=job, text__startswith="▶ Stop every service").exists():
+        assert time.monotonic() < deadline, "the stop never started"
+        time.sleep(0.1)
+    time.sleep(1)
+    lab1.pause_sshd()
+    paused_at = time.monotonic()
+    bound = settings.SSH_KEEPALIVE_INTERVAL * 2 + settings.SSH_BANNER_TIMEOUT + 10
+    try:
+        job = wait_job(job, timeout=bound + 30)
+        took = time.monotonic() - paused_at
+    finally:
+        lab1.resume_sshd()
+    assert took <= bound, took
+    assert job.status == "failed", (job.status, job.reason)
+    assert "stopped answering over SSH" in job.reason, job.reason
+    environment.refresh_from_db()
+    assert environment.lifecycle == Lifecycle.RUNNING, "nothing was recorded as stopped"
+    assert environment_state(environment).code == EnvironmentState.NEEDS_ATTENTION
+    deadline = time.monotonic() + 60
+    while tagged_processes(lab1, job):
+        assert time.monotonic() < deadline, "the stop's commands still ran on the server after it answered again"
+        time.sleep(0.5)
+
+    run(environment, users["alice"], "start", timeout=180)
+    assert {c["state"] for c in containers(lab1).values()} == {"running"}
+    assert environment_state(environment).code == EnvironmentState.RUNNING

@@ -403,7 +403,7 @@ def run(
         if stdin is not None:
             channel.sendall(stdin)
         channel.shutdown_write()
-        started = last_output = time.monotonic()
+        started = last_output = last_probe = time.monotonic()
         while True:
             if held is not None and held.lost():
                 raise HoldLost(held.lost_reason)
@@ -426,6 +426,9 @@ def run(
                 )
             if should_stop is not None and should_stop():
                 raise CommandTimeout(f"{name} was stopped on request.")
+            last_probe = _probe_silence(
+                target, channel, held, f"{name} produced no output", now, last_output, last_probe
+            )
             select.select([channel], [], [], 0.5)
         # Data that arrived between the last check and EOF is still buffered: take it.
         while channel.recv_ready():
@@ -493,9 +496,6 @@ def stream(
     pending = b""
     err = bytearray()
     bytes_out = bytes_in = 0
-    # A silent command (pg_dump waiting for a lock, a restore writing an index) is not a dead server: while
-    # nothing moves, ask the server every SSH_KEEPALIVE_INTERVAL whether it still answers at all.
-    probe_every = settings.SSH_KEEPALIVE_INTERVAL
     with exec_channel(target, argv) as channel:
         if chunks is None and close_stdin:
             channel.shutdown_write()
@@ -548,13 +548,7 @@ def stream(
                 raise _timed_out(
                     target, channel, held, f"{name} moved no data for {idle_timeout:g} s", "; it was stopped"
                 )
-            if probe_every and now - last_activity > probe_every and now - last_probe > probe_every:
-                last_probe = now
-                transport = channel.get_transport()
-                if transport is not None and not answers(transport, settings.SSH_BANNER_TIMEOUT):
-                    raise _stopped_answering(
-                        target, transport, held, f"{name} moved no data for {now - last_activity:.0f} s"
-                    )
+            last_probe = _probe_silence(target, channel, held, f"{name} moved no data", now, last_activity, last_probe)
             # Waiting for the window to open (stdin) is not visible to select(): poll it more often.
             select.select([channel], [], [], 0.01 if pending else 0.2)
         while channel.recv_ready():
@@ -592,6 +586,21 @@ def answers(transport: paramiko.Transport, within: float) -> bool:
         return replied.wait(within)
     finally:
         _PROBE_LOCK.release()
+
+
+def _probe_silence(
+    target: Target, channel: paramiko.Channel, held: Hold | None, what: str, now: float, since: float, probed: float
+) -> float:
+    """A silent command (pg_dump waiting for a lock, ``compose stop`` waiting for a container, a restore writing an
+    index) is not a dead server: while nothing moves, ask the server every ``SSH_KEEPALIVE_INTERVAL`` whether it
+    still answers at all, and raise ``_stopped_answering`` when it does not. Returns when it last asked."""
+    every = settings.SSH_KEEPALIVE_INTERVAL
+    if not every or now - since <= every or now - probed <= every:
+        return probed
+    transport = channel.get_transport()
+    if transport is not None and not answers(transport, settings.SSH_BANNER_TIMEOUT):
+        raise _stopped_answering(target, transport, held, f"{what} for {now - since:.0f} s")
+    return now
 
 
 def _timed_out(target: Target, channel: paramiko.Channel, held: Hold | None, what: str, tail: str) -> RemoteError:
