@@ -164,12 +164,15 @@ def test_it_reconnects_from_its_last_line_when_the_socket_drops(
     jobs_worker: Any, own_panel: tuple[str, Any], users: dict[str, Any], orgs: dict[str, Any], browser: Any
 ) -> None:
     base_url, restart = own_panel
-    job = create_job(kind="test_emit", organization=orgs["a"], params={"count": 150, "delay": DELAY})
+    # 400 lines at DELAY: 20 s, so that the job still runs when the server dies even on a loaded machine (checked).
+    job = create_job(kind="test_emit", organization=orgs["a"], params={"count": 400, "delay": DELAY})
     page, sockets = open_job_page(browser, base_url, users["alice"], job)
     wait_page_lines(page, 20)
     restart(down_seconds=1.5)  # the web server dies and comes back: the socket closes (1006)
     seen_before = len(page_seqs(page))
-    job = wait_job(job, timeout=30)
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING, "the job ended before the server died: the test would prove nothing"
+    job = wait_job(job, timeout=60)
     assert job.status == JobStatus.SUCCEEDED, job.reason
     wait_page_finished(page, job, timeout=35)
     assert page_seqs(page) == list(range(1, job.last_seq + 1)), "every line once, in order, across the reconnect"
