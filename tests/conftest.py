@@ -49,9 +49,10 @@ def shared_services(exclusive: bool) -> Iterator[None]:
     """Hold the shared PostgreSQL and Redis servers for a test, across the processes of one pytest-xdist run:
     shared by ordinary tests, exclusive for those that stop a server (``@pytest.mark.exclusive``), so a fault
     test never breaks a test of the other process. Writers queue at a gate first, so readers cannot starve them.
-    Outside xdist there is nobody to share with."""
+    Outside xdist there is nobody to share with, nor when each process has its own copy of the servers
+    (``PANEL_TEST_SERVER_COPIES``, see tests/settings.py): then a fault test stops only its own process's servers."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run:
+    if not run or os.environ.get("PANEL_TEST_OWN_SERVERS") == "1":
         yield
         return
     base = Path(tempfile.gettempdir()) / f"doodba-panel-tests-{run}"

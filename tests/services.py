@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import urllib.parse
@@ -15,7 +16,7 @@ EXCLUSIVE = {"held": False}
 
 
 def _require_exclusive(what: str) -> None:
-    if not EXCLUSIVE["held"]:
+    if not EXCLUSIVE["held"] and os.environ.get("PANEL_TEST_OWN_SERVERS") != "1":
         raise AssertionError(f"a test that stops the shared {what} must be marked @pytest.mark.exclusive")
 
 
@@ -61,7 +62,7 @@ def start_redis(url: str | None = None, timeout: float = 10) -> None:
     host, port = redis_address(url)
     subprocess.run(
         ["redis-server", "--bind", host, "--port", str(port), "--daemonize", "yes", "--save", "", "--appendonly",
-         "no", "--logfile", "/tmp/panel-test-redis.log"],
+         "no", "--logfile", f"/tmp/panel-test-redis-{port}.log"],
         check=True, timeout=timeout,
     )  # fmt: skip
     deadline = time.monotonic() + timeout
@@ -79,9 +80,19 @@ def restart_redis(url: str | None = None, down_for: float = 1.0) -> None:
         start_redis(url)
 
 
+def _postgres_port() -> int:
+    return int(settings.DATABASES["default"].get("PORT") or 5432)
+
+
 def _postgres_cluster() -> list[str]:
-    version = sorted((p.name for p in Path("/usr/lib/postgresql").iterdir()), key=float)[-1]
-    return [version, "main"]
+    """Version and name of the cluster serving the test database (bin/test-services: one per copy, by port)."""
+    port = _postgres_port()
+    listing = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True, timeout=30).stdout
+    for line in listing.splitlines():
+        version, name, cluster_port, *_ = line.split()
+        if int(cluster_port) == port:
+            return [version, name]
+    raise AssertionError(f"no PostgreSQL cluster listens on port {port}: {listing!r}")
 
 
 def stop_postgres() -> None:
@@ -94,6 +105,7 @@ def start_postgres(timeout: float = 60) -> None:
     """Start it again and wait until it accepts connections."""
     subprocess.run(["pg_ctlcluster", *_postgres_cluster(), "start"], check=True, timeout=timeout)
     deadline = time.monotonic() + timeout
-    while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], timeout=10).returncode != 0:
+    ready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(_postgres_port())]
+    while subprocess.run(ready, timeout=10).returncode != 0:
         assert time.monotonic() < deadline, "PostgreSQL did not start again"
         time.sleep(0.2)

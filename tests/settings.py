@@ -1,6 +1,7 @@
 """Test settings: the real settings module, with test defaults for the environment it reads."""
 
 import os
+import urllib.parse
 
 TEST_ENV = {
     "PANEL_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH",
@@ -37,12 +38,32 @@ for _name, _value in TEST_ENV.items():
 
 # pytest-xdist runs the suite in several processes (bin/run-tests: the lab's tests in one, the rest in another).
 # pytest-django gives each its own test database; each also gets its own Redis database (Celery queues, channel
-# groups, cache), so that one process's workers never take another's tasks. Child processes inherit the variable.
+# groups, cache), so that one process's workers never take another's tasks. Where bin/test-services started a copy
+# of the servers per process (PANEL_TEST_SERVER_COPIES), process gwK uses copy K (ports + K): a test that stops its
+# PostgreSQL or Redis then breaks no other process's test (tests/conftest.py ``shared_services``). Child processes
+# inherit the variables, so this happens once.
+
+
+def _moved(url: str, *, port_by: int = 0, db: int | None = None) -> str:
+    """``url`` with its port moved by ``port_by`` and, given ``db``, its path set to ``/db``."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if port_by and parts.port:
+        netloc = f"{netloc.rpartition(':')[0]}:{parts.port + port_by}"
+    path = parts.path if db is None else f"/{db}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, parts.query, ""))
+
+
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker.startswith("gw") and "PANEL_TEST_REDIS_BASE" not in os.environ:
-    _base, _, _db = os.environ["REDIS_URL"].rpartition("/")
+    _index = int(_worker[2:])
+    _own = _index < int(os.environ.get("PANEL_TEST_SERVER_COPIES") or 1)
+    _shift = _index if _own else 0
+    os.environ["PANEL_TEST_OWN_SERVERS"] = "1" if _own else ""
     os.environ["PANEL_TEST_REDIS_BASE"] = os.environ["REDIS_URL"]
-    os.environ["REDIS_URL"] = f"{_base}/{int(_db or 0) + int(_worker[2:])}"
+    _db = int(urllib.parse.urlsplit(os.environ["REDIS_URL"]).path.strip("/") or 0) + _index
+    os.environ["REDIS_URL"] = _moved(os.environ["REDIS_URL"], port_by=_shift, db=_db)
+    os.environ["DATABASE_URL"] = _moved(os.environ["DATABASE_URL"], port_by=_shift)
 
 from panel.settings import *  # noqa: E402,F403
 

@@ -83,9 +83,18 @@ def test_a_shell_in_the_browser_computes_resizes_closes_without_orphans_and_repl
     page.wait_for_function(f"window.panelTerminal.cols < {cols}")
     page.wait_for_timeout(300)
     new_cols, new_rows = page.evaluate("[window.panelTerminal.cols, window.panelTerminal.rows]")
-    page.keyboard.type("clear; stty size")
-    page.keyboard.press("Enter")
-    wait_screen(page, f"{new_rows} {new_cols}")
+    # The resize reaches the container asynchronously (sshd -> SIGWINCH -> the docker client -> the engine), so ask
+    # again until the new size shows.
+    deadline = time.monotonic() + 15
+    while True:
+        page.keyboard.type("clear; stty size")
+        page.keyboard.press("Enter")
+        try:
+            wait_screen(page, f"{new_rows} {new_cols}", timeout=1)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
     assert (new_cols, new_rows) != (cols, rows)
     assert session_processes(env)  # running now, on the host and in the container
     page.close()  # closing the tab: the socket goes, the session's processes end

@@ -112,6 +112,19 @@ class Screen:
     async def type(self, keys: str) -> None:
         await self.socket.send(keys.encode())
 
+    async def retyped_until(self, keys: str, needle: str, timeout: float = 15, every: float = 1) -> None:
+        """Type ``keys`` until ``needle`` appears: for effects that reach the container asynchronously (a resize goes
+        sshd -> SIGWINCH -> the docker client -> the engine's API, racing the keys typed after it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.type(keys)
+            try:
+                await self.until(needle, timeout=min(every, max(deadline - time.monotonic(), 0.1)))
+                return
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+
 
 async def open_session(base: str, environment: Any, headers: dict[str, str], token: str, cols: int = 80) -> Any:
     socket = await websockets.connect(url(base, environment), additional_headers=headers)
@@ -220,8 +233,7 @@ def test_a_session_runs_resizes_ends_without_orphans_and_is_recorded(
         await screen.type("echo $((6*7))\r")
         await screen.until("42\r\n")
         await socket.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
-        await screen.type("stty size\r")
-        await screen.until("33 101")
+        await screen.retyped_until("stty size\r", "33 101")
         # A foreground child of the shell, in the container: it must end with the session too.
         await screen.type("sleep 1234 & sleep 4321\r")
         await asyncio.to_thread(wait_for, lambda: len(session_processes(env)) >= 4, "the session's processes")
