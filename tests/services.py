@@ -6,7 +6,6 @@ import os
 import subprocess
 import time
 import urllib.parse
-from pathlib import Path
 
 from django.conf import settings
 
