@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +25,12 @@ from django.core.cache import cache
 from mailcatcher.adapters import ADAPTERS, Adapter, CatcherError, Mail, MailPage, Part, detect
 from panel.inventory.choices import EnvironmentKind
 from panel.inventory.models import Environment
+from panel.remote.containers import ContainerListFailed, compose_containers
 from panel.remote.errors import RemoteError
 from panel.remote.ssh import Target, run_capture
 from panel.remote.tunnel import HTTPAnswer, TunnelError, request
 
 CATCHER_KINDS = frozenset({EnvironmentKind.STAGING, EnvironmentKind.TEST, EnvironmentKind.DEVELOPMENT})
-CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
-SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class CatcherUnavailable(Exception):
@@ -66,24 +64,10 @@ def _cache_key(environment: Environment) -> str:
 
 def _find_container(target: Target, environment: Environment) -> tuple[str, str]:
     """``(service, full container id)`` of the first running catcher service of the environment."""
-    timeout = settings.MAILCATCHER_TIMEOUT
-    result = run_capture(
-        target,
-        [
-            "docker", "ps", "--no-trunc",
-            "--filter", f"label=com.docker.compose.project={environment.compose_project}",
-            "--format", '{{.Label "com.docker.compose.service"}} {{.ID}} {{.Label "com.docker.compose.oneoff"}}',
-        ],
-        timeout=timeout,
-    )  # fmt: skip
-    if not result.ok:
-        raise CatcherUnavailable(f"docker ps failed on {environment.server.name}: {result.stderr.strip()[:300]}")
-    running: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and (len(parts) < 3 or parts[2] != "True"):
-            if SERVICE_NAME.match(parts[0]) and CONTAINER_ID.match(parts[1]):
-                running.setdefault(parts[0], parts[1])
+    try:
+        running = compose_containers(target, environment.compose_project, timeout=settings.MAILCATCHER_TIMEOUT)
+    except ContainerListFailed as exc:
+        raise CatcherUnavailable(f"{exc} (on {environment.server.name})") from exc
     for service in settings.MAILCATCHER_SERVICES:
         if service in running:
             return service, running[service]

@@ -32,7 +32,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from monitoring.logs import (
-    SERVICE_NAME,
     LogsUnavailable,
     Source,
     add_viewer,
@@ -53,6 +52,7 @@ from panel.jobs.consumers import (
     connect_refusal,
     session_user,
 )
+from panel.remote.containers import SERVICE_NAME
 from panel.remote.errors import RemoteError
 from panel.remote.ssh import Target
 

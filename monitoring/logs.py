@@ -42,6 +42,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from panel.inventory.models import Environment
+from panel.remote.containers import ContainerListFailed, compose_containers
 from panel.remote.errors import RemoteError
 from panel.remote.ssh import READ_CHUNK, Target, exec_channel, run_capture
 
@@ -49,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 TAG_VARIABLE = "DOODBA_PANEL_LOGS"
 # Compose service names (``[a-zA-Z0-9._-]``); anything else never reaches Redis keys or the page.
-SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 # docker prints RFC 3339 timestamps with nine fraction digits (RFC3339NanoFixed) before each line.
 TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 # $1 tag: end every process of the SSH user that carries it (TERM, then KILL after 2 s); prints how many it found.
@@ -75,35 +74,16 @@ def environment_services(environment: Environment) -> dict[str, str]:
     """The environment's compose services that have a container on its server, ``{service: container id}``, in
     name order (running or stopped; one-off ``compose run`` containers are left out). Raises ``LogsUnavailable``."""
     try:
-        target = Target.for_server(environment.server)
-        result = run_capture(
-            target,
-            [
-                "docker", "ps", "--all", "--no-trunc",
-                "--filter", f"label=com.docker.compose.project={environment.compose_project}",
-                "--format", '{{.Label "com.docker.compose.service"}} {{.ID}} {{.Label "com.docker.compose.oneoff"}}',
-            ],
+        return compose_containers(
+            Target.for_server(environment.server),
+            environment.compose_project,
+            include_stopped=True,
             timeout=settings.MONITOR_LOG_COMMAND_TIMEOUT,
-        )  # fmt: skip
+        )
+    except ContainerListFailed as exc:
+        raise LogsUnavailable(f"{exc} (on {environment.server.name})") from exc
     except RemoteError as exc:
         raise LogsUnavailable(str(exc)) from exc
-    if not result.ok:
-        raise LogsUnavailable(f"docker ps failed on {environment.server.name}: {result.stderr.strip()[:300]}")
-    return parse_services(result.stdout)
-
-
-def parse_services(output: str) -> dict[str, str]:
-    """``{service: container id}`` from ``docker ps`` lines ``service id oneoff`` (newest container first, which
-    ``docker ps`` lists first); malformed names and ids are dropped."""
-    services: dict[str, str] = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) < 2 or (len(parts) > 2 and parts[2] == "True"):
-            continue
-        service, container = parts[0], parts[1]
-        if SERVICE_NAME.match(service) and CONTAINER_ID.match(container) and service not in services:
-            services[service] = container
-    return dict(sorted(services.items()))
 
 
 # -- positions and keys ------------------------------------------------------------------------------
@@ -331,20 +311,17 @@ class Follower(threading.Thread):
     def _container(self) -> str | None:
         """The service's current container id (looked up again after each end: a deploy replaces it)."""
         try:
-            result = run_capture(
+            found = compose_containers(
                 self.source.target,
-                [
-                    "docker", "ps", "--all", "--no-trunc",
-                    "--filter", f"label=com.docker.compose.project={self.source.compose_project}",
-                    "--filter", f"label=com.docker.compose.service={self.source.service}",
-                    "--format", '{{.Label "com.docker.compose.service"}} {{.ID}} {{.Label "com.docker.compose.oneoff"}}',
-                ],
+                self.source.compose_project,
+                service=self.source.service,
+                include_stopped=True,
                 timeout=settings.MONITOR_LOG_COMMAND_TIMEOUT,
-            )  # fmt: skip
+            )
         except RemoteError:
             logger.warning("log follower of %s could not list containers", self.key, exc_info=True)
             return None
-        return parse_services(result.stdout).get(self.source.service) if result.ok else None
+        return found.get(self.source.service)
 
     def _resume_point(self, client: redis.Redis) -> tuple[str, int]:
         """``(docker timestamp of the newest stored line, how many stored lines carry it)``; ("", 0) for a new

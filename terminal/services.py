@@ -49,6 +49,7 @@ from panel.accounts.models import Organization
 from panel.accounts.scoping import for_user
 from panel.inventory.choices import EnvironmentKind
 from panel.inventory.models import Environment
+from panel.remote.containers import CONTAINER_ID, compose_containers
 from panel.remote.errors import RemoteError
 from panel.remote.ssh import READ_CHUNK, Connection, Target, get_connection, run_capture
 from terminal.models import Profile, TerminalSession, TerminalTicket
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 TAG_VARIABLE = "DOODBA_PANEL_TERMINAL"
 TERM = "xterm-256color"
-CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 DATABASE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 MIN_SIZE, MAX_COLS, MAX_ROWS = 2, 500, 200
 
@@ -209,19 +209,15 @@ def consume_ticket(token: Any, *, user: Any, environment_id: int) -> tuple[Envir
 def running_container(target: Target, environment: Environment, service: str) -> str:
     """The full id of the running container of ``service`` in the environment's compose project (one-off
     ``compose run`` containers left out); ``TerminalUnavailable`` when there is none."""
-    argv = [
-        "docker", "ps", "--no-trunc",
-        "--filter", f"label=com.docker.compose.project={environment.compose_project}",
-        "--filter", f"label=com.docker.compose.service={service}",
-        "--filter", "status=running",
-        "--format", '{{.ID}} {{.Label "com.docker.compose.oneoff"}}',
-    ]  # fmt: skip
-    result = _capture(target, argv)
-    for line in result.splitlines():
-        parts = line.split()
-        if parts and CONTAINER_ID.match(parts[0]) and (len(parts) < 2 or parts[1] != "True"):
-            return parts[0]
-    raise TerminalUnavailable(f"The {service} service of {environment} has no running container.")
+    try:
+        found = compose_containers(
+            target, environment.compose_project, service=service, timeout=settings.TERMINAL_COMMAND_TIMEOUT
+        )
+    except RemoteError as exc:
+        raise TerminalUnavailable(str(exc)) from exc
+    if service not in found:
+        raise TerminalUnavailable(f"The {service} service of {environment} has no running container.")
+    return found[service]
 
 
 def database_of(target: Target, odoo_container: str) -> str:

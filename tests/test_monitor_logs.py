@@ -10,7 +10,8 @@ import pytest
 import websockets
 from django.test import Client
 
-from monitoring.logs import docker_time, parse_range, parse_services, split_line
+from monitoring.logs import docker_time, parse_range, split_line
+from panel.remote.containers import parse as parse_services
 from tests.ws_helpers import session_cookie, wait_closed
 
 pytestmark = pytest.mark.django_db(transaction=True)

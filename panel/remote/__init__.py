@@ -3,6 +3,8 @@
 - ``ssh``: pinned-host-key SSH connections (paramiko), one per server per worker process, a channel per operation.
 - ``commands``: argv lists only; ``shlex.join`` is the only way to a remote shell string.
 - ``docker``: the docker SDK over the same pinned connection (``docker system dial-stdio``).
+- ``containers``: an environment's compose containers by label (one ``docker ps``).
+- ``tunnel``: HTTP to a container's address over a ``direct-tcpip`` channel.
 """
 
 from panel.remote.errors import (
