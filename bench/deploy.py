@@ -51,6 +51,7 @@ import websockets  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 
+from bench.common import percentile  # noqa: E402
 from panel.accounts.models import Membership, Organization  # noqa: E402
 from panel.accounts.services import create_token  # noqa: E402
 from panel.inventory.services import confirm_host_key, create_environment, create_project, create_server  # noqa: E402
@@ -102,11 +103,6 @@ def free_port() -> int:
 def start(argv: list[str], name: str) -> subprocess.Popen[bytes]:
     log = open(WORK / f"{name}.log", "wb")  # the process keeps it open
     return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def api(base: str, token: str, path: str, method: str = "GET") -> tuple[int, dict]:

@@ -44,11 +44,8 @@ import django  # noqa: E402
 django.setup()
 
 import websockets  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test import Client  # noqa: E402
 
-from tests.conftest import ManagedProcess, free_port, wait_for_port  # noqa: E402
-from tests.lab.lab import ensure_up, exclusive_use  # noqa: E402
+from bench.common import lab_panel, percentile  # noqa: E402
 from tests.monitoring_fixtures import ODOO_IMAGE  # noqa: E402
 
 PROJECT = f"benchlogs{os.getpid()}"
@@ -65,11 +62,6 @@ for n in range(count):
         time.sleep(pause)
     os.write(out, f"{run} {n} {time.time_ns()}\n".encode())
 """
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def generate(host: Any, container: str, run: str, lines: int, rate: float) -> None:
@@ -155,83 +147,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--burst", type=int, default=5000)
     args = parser.parse_args()
-    from django.contrib.auth import get_user_model
+    uvicorn_env = {"MONITOR_LOG_TAIL_LINES": "1"}
+    run_args = ["--entrypoint", "python3", ODOO_IMAGE, "-c", "import time; time.sleep(10**9)"]
+    with lab_panel(project=PROJECT, service="gen", run_args=run_args, kind="production", uvicorn_env=uvicorn_env) as lp:
+        host, container, headers = lp.host, lp.container, lp.headers
+        url = lp.socket_url("logs/gen/")
+        generate(host, container, "warmup", 1, args.rate)  # a first line for the panel's tail
 
-    from panel.accounts.models import Membership, Organization
-    from panel.inventory.models import Environment, Project
-    from tests.lab_helpers import add_lab_server
-
-    lab = ensure_up()
-    host = lab.hosts["lab1"]
-    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    database = connection.settings_dict
-    server_proc: ManagedProcess | None = None
-    container = f"{PROJECT}-gen-1"
-    try:
-        with exclusive_use():
-            started = host.docker(
-                "run", "-d", "--name", container, "--label", f"com.docker.compose.project={PROJECT}",
-                "--label", "com.docker.compose.service=gen", "--entrypoint", "python3", ODOO_IMAGE,
-                "-c", "import time; time.sleep(10**9)",
-            )  # fmt: skip
-            if started.returncode != 0:
-                raise RuntimeError(started.stderr)
-            organization = Organization.objects.create(name="Bench", slug="bench")
-            user = get_user_model().objects.create_user("bench", password="bench-bench-bench-42")
-            Membership.objects.create(user=user, organization=organization, role="owner")
-            server = add_lab_server(organization, user, host, name="lab1-bench")
-            project = Project.objects.create(
-                organization=organization, name="Bench", slug="bench", git_url="/srv/git/x.git", odoo_version="16.0"
-            )
-            environment = Environment.objects.create(
-                project=project, server=server, name="prod", compose_files=["prod.yaml"], compose_project=PROJECT
-            )
-            port = free_port()
-            url_db = (
-                f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:{database['PORT']}/"
-                f"{database['NAME']}"
-            )
-            server_proc = ManagedProcess(
-                "uvicorn",
-                [sys.executable, "-m", "uvicorn", "panel.asgi:application", "--host", "127.0.0.1", "--port",
-                 str(port), "--log-level", "warning"],
-                Path(f"/tmp/bench-logs-uvicorn-{os.getpid()}.log"),
-                env={"DATABASE_URL": url_db, "REDIS_URL": os.environ["REDIS_URL"], "MONITOR_LOG_TAIL_LINES": "1"},
-            )  # fmt: skip
-            server_proc.start()
-            wait_for_port(port, server_proc)
-            client = Client()
-            client.force_login(user)
-            headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}", "Origin": f"http://127.0.0.1:{port}"}
-            url = f"ws://127.0.0.1:{port}/ws/environments/{environment.pk}/logs/gen/"
-            generate(host, container, "warmup", 1, args.rate)  # a first line for the panel's tail
-
-            sides: dict[str, list[float]] = {"baseline": [], "panel": []}
-            lost = {"baseline": 0, "panel": 0}
-            duplicated = {"baseline": 0, "panel": 0}
-            frames = 0
-            for round_number in range(args.rounds):
-                run = f"b{round_number}"
-                seen, duplicates = baseline(host, container, run, args.lines, args.rate)
-                sides["baseline"] += list(seen.values())
-                lost["baseline"] += args.lines - len(seen)
-                duplicated["baseline"] += len(duplicates)
-                run = f"p{round_number}"
-                seen, duplicates, count = asyncio.run(panel(url, headers, host, container, run, args.lines, args.rate))
-                sides["panel"] += list(seen.values())
-                lost["panel"] += args.lines - len(seen)
-                duplicated["panel"] += len(duplicates)
-                frames += count
-                print(f"round {round_number + 1}: baseline {len(sides['baseline'])}, panel {len(sides['panel'])}")
-            # A burst (as fast as the generator writes): how many frames carry it.
-            burst, burst_duplicates, burst_frames = asyncio.run(
-                panel(url, headers, host, container, "burst", args.burst, 1e9)
-            )
-    finally:
-        if server_proc is not None:
-            server_proc.stop()
-        host.docker("rm", "-f", container)
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        sides: dict[str, list[float]] = {"baseline": [], "panel": []}
+        lost = {"baseline": 0, "panel": 0}
+        duplicated = {"baseline": 0, "panel": 0}
+        frames = 0
+        for round_number in range(args.rounds):
+            run = f"b{round_number}"
+            seen, duplicates = baseline(host, container, run, args.lines, args.rate)
+            sides["baseline"] += list(seen.values())
+            lost["baseline"] += args.lines - len(seen)
+            duplicated["baseline"] += len(duplicates)
+            run = f"p{round_number}"
+            seen, duplicates, count = asyncio.run(panel(url, headers, host, container, run, args.lines, args.rate))
+            sides["panel"] += list(seen.values())
+            lost["panel"] += args.lines - len(seen)
+            duplicated["panel"] += len(duplicates)
+            frames += count
+            print(f"round {round_number + 1}: baseline {len(sides['baseline'])}, panel {len(sides['panel'])}")
+        # A burst (as fast as the generator writes): how many frames carry it.
+        burst, burst_duplicates, burst_frames = asyncio.run(
+            panel(url, headers, host, container, "burst", args.burst, 1e9)
+        )
 
     base, ours = summary(sides["baseline"]), summary(sides["panel"])
     report = {

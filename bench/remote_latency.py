@@ -26,15 +26,11 @@ import django  # noqa: E402
 
 django.setup()
 
+from bench.common import percentile  # noqa: E402
 from panel.remote import run_capture  # noqa: E402
 from panel.remote.ssh import POOL  # noqa: E402
 from tests.lab.lab import ensure_up, exclusive_use  # noqa: E402
 from tests.lab_helpers import lab_target  # noqa: E402
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -47,21 +47,13 @@ import django  # noqa: E402
 django.setup()
 
 import websockets  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test import Client  # noqa: E402
 
-from tests.conftest import ManagedProcess, free_port, wait_for_port  # noqa: E402
-from tests.lab.lab import ensure_up, exclusive_use  # noqa: E402
+from bench.common import lab_panel, percentile  # noqa: E402
 
 PROJECT = "benchterm"
 ODOO_IMAGE = "ghcr.io/tecnativa/doodba:16.0-onbuild"
 KEYS = "abcdefghijklmnopqrstuvwxyz0123456789"
 READY = "cat-ready"
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -179,76 +171,23 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from django.contrib.auth import get_user_model
+    run_args = ["--entrypoint", "sleep", ODOO_IMAGE, "infinity"]
+    with lab_panel(project=PROJECT, service="odoo", run_args=run_args, kind="test") as lp:
+        host, container_id, environment, client = lp.host, lp.container_id, lp.environment, lp.client
+        url = lp.socket_url("terminal/")
 
-    from panel.accounts.models import Membership, Organization
-    from panel.inventory.choices import EnvironmentKind
-    from panel.inventory.models import Environment, Project
-    from tests.lab_helpers import add_lab_server
+        def ticket() -> str:
+            answer = client.post(f"/environments/{environment.pk}/terminal/ticket/", {"profile": "shell"})
+            return str(answer.json()["ticket"])
 
-    lab = ensure_up()
-    host = lab.hosts["lab1"]
-    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    database = connection.settings_dict
-    server_proc: ManagedProcess | None = None
-    container = f"{PROJECT}-odoo-1"
-    try:
-        with exclusive_use():
-            host.docker("rm", "-f", container)
-            started = host.docker(
-                "run", "-d", "--name", container, "--label", f"com.docker.compose.project={PROJECT}",
-                "--label", "com.docker.compose.service=odoo", "--entrypoint", "sleep", ODOO_IMAGE, "infinity",
-            )  # fmt: skip
-            if started.returncode != 0:
-                raise RuntimeError(started.stderr)
-            container_id = started.stdout.strip()
-            organization = Organization.objects.create(name="Bench", slug="bench")
-            user = get_user_model().objects.create_user("bench", password="bench-bench-bench-42")
-            Membership.objects.create(user=user, organization=organization, role="owner")
-            server = add_lab_server(organization, user, host, name="lab1-bench")
-            project = Project.objects.create(
-                organization=organization, name="Bench", slug="bench", git_url="/srv/git/x.git", odoo_version="16.0"
-            )
-            environment = Environment.objects.create(
-                project=project, server=server, name="test", kind=EnvironmentKind.TEST, compose_files=["test.yaml"],
-                compose_project=PROJECT,
-            )  # fmt: skip
-            port = free_port()
-            url_db = (
-                f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:{database['PORT']}/"
-                f"{database['NAME']}"
-            )
-            server_proc = ManagedProcess(
-                "uvicorn",
-                [sys.executable, "-m", "uvicorn", "panel.asgi:application", "--host", "127.0.0.1", "--port",
-                 str(port), "--log-level", "warning"],
-                Path(f"/tmp/bench-terminal-uvicorn-{os.getpid()}.log"),
-                env={"DATABASE_URL": url_db, "REDIS_URL": os.environ["REDIS_URL"]},
-            )  # fmt: skip
-            server_proc.start()
-            wait_for_port(port, server_proc)
-            client = Client()
-            client.force_login(user)
-            headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}", "Origin": f"http://127.0.0.1:{port}"}
-            url = f"ws://127.0.0.1:{port}/ws/environments/{environment.pk}/terminal/"
-
-            def ticket() -> str:
-                answer = client.post(f"/environments/{environment.pk}/terminal/ticket/", {"profile": "shell"})
-                return str(answer.json()["ticket"])
-
-            asyncio.run(panel(url, headers, ticket(), 20))  # warm-up: the pooled SSH connection, the first exec
-            baseline(host, container_id, 20)
-            sides: dict[str, list[float]] = {"baseline": [], "panel": [], "channel": []}
-            for round_number in range(args.rounds):
-                sides["baseline"] += baseline(host, container_id, args.keys)
-                sides["panel"] += asyncio.run(panel(url, headers, ticket(), args.keys))
-                sides["channel"] += direct(environment, args.keys)
-                print(f"round {round_number + 1}: baseline {len(sides['baseline'])}, panel {len(sides['panel'])}")
-    finally:
-        if server_proc is not None:
-            server_proc.stop()
-        host.docker("rm", "-f", container)
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        asyncio.run(panel(url, lp.headers, ticket(), 20))  # warm-up: the pooled SSH connection, the first exec
+        baseline(host, container_id, 20)
+        sides: dict[str, list[float]] = {"baseline": [], "panel": [], "channel": []}
+        for round_number in range(args.rounds):
+            sides["baseline"] += baseline(host, container_id, args.keys)
+            sides["panel"] += asyncio.run(panel(url, lp.headers, ticket(), args.keys))
+            sides["channel"] += direct(environment, args.keys)
+            print(f"round {round_number + 1}: baseline {len(sides['baseline'])}, panel {len(sides['panel'])}")
 
     base, ours = summary(sides["baseline"]), summary(sides["panel"])
     report = {

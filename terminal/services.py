@@ -316,6 +316,13 @@ def clamp_size(cols: Any, rows: Any) -> tuple[int, int]:
 # -- the PTY ------------------------------------------------------------------------------------------------------
 
 
+# The docker client forwards a size change (SIGWINCH) to the exec's TTY only once it watches for it, a moment after
+# the session's first output (it sets the initial size, then starts watching): a signal in between is lost and the
+# container's TTY keeps its old size. So a resize that comes before the session has settled is held and applied,
+# latest size only, this long after the first output.
+RESIZE_SETTLE_SECONDS = 1.0
+
+
 class RemoteTerminal:
     """One PTY session channel on the server's pooled SSH connection; a thread reads it into ``on_output`` (bytes;
     ``b""`` once at the end)."""
@@ -327,6 +334,11 @@ class RemoteTerminal:
         self.channel: paramiko.Channel = self.connection.open_channel()
         self.lock = threading.Lock()
         self.closed = False
+        self.size = (cols, rows)
+        self.first_output = threading.Event()
+        self.first_output_at = 0.0
+        self.resize_lock = threading.Lock()
+        self.held_resize: threading.Thread | None = None
         try:
             self.channel.get_pty(term=TERM, width=cols, height=rows)
             self.channel.exec_command(shlex.join(plan.argv))
@@ -342,10 +354,14 @@ class RemoteTerminal:
                 data = self.channel.recv(READ_CHUNK)
                 if not data:
                     break
+                if not self.first_output.is_set():
+                    self.first_output_at = time.monotonic()
+                    self.first_output.set()
                 self.on_output(data)
         except (paramiko.SSHException, EOFError, OSError):
             pass
         finally:
+            self.first_output.set()
             self.on_output(b"")
 
     def write(self, data: bytes) -> None:
@@ -356,13 +372,46 @@ class RemoteTerminal:
             except (paramiko.SSHException, EOFError, OSError):
                 pass
 
+    def settled(self) -> bool:
+        """Whether a size change now reaches the container's TTY (see ``RESIZE_SETTLE_SECONDS``)."""
+        return self.first_output.is_set() and time.monotonic() >= self.first_output_at + RESIZE_SETTLE_SECONDS
+
     def resize(self, cols: int, rows: int) -> None:
-        """Change the PTY's size (sshd passes it on to the docker client, which resizes the exec's TTY)."""
-        if not self.closed:
-            try:
-                self.channel.resize_pty(width=cols, height=rows)
-            except (paramiko.SSHException, EOFError, OSError):
-                pass
+        """Change the PTY's size (sshd passes it on to the docker client, which resizes the exec's TTY); held until
+        the session has settled."""
+        with self.lock:
+            if self.closed:
+                return
+            self.size = (cols, rows)
+            if not self.settled():
+                if self.held_resize is None:
+                    self.held_resize = threading.Thread(
+                        target=self._resize_when_settled, name=f"terminal-resize-{self.plan.tag}", daemon=True
+                    )
+                    self.held_resize.start()
+                return
+        self._apply_size()
+
+    def _resize_when_settled(self) -> None:
+        self.first_output.wait(timeout=settings.TERMINAL_OPEN_SECONDS)
+        time.sleep(max(0.0, self.first_output_at + RESIZE_SETTLE_SECONDS - time.monotonic()))
+        while True:
+            applied = self._apply_size()
+            with self.lock:
+                if self.closed or applied == self.size:
+                    self.held_resize = None
+                    return
+
+    def _apply_size(self) -> tuple[int, int]:
+        """Apply the latest size asked for (whichever of two concurrent callers runs last applies the newest)."""
+        with self.resize_lock:
+            cols, rows = self.size
+            if not self.closed:
+                try:
+                    self.channel.resize_pty(width=cols, height=rows)
+                except (paramiko.SSHException, EOFError, OSError):
+                    pass
+            return cols, rows
 
     def close(self) -> int:
         """Close the channel and end the session's processes on the server (no orphan); returns how many were
