@@ -382,27 +382,33 @@ def test_it_refuses_a_corrupted_member_while_reading():
         stream.read()
 
 
+NOT_ODOO_DUMPS = [
+    (b"", "not a zip file"),
+    (b"PK\x03\x04 this is not a zip", "not a zip file"),
+    (os.urandom(4096), "not a zip file"),
+    (build_zip([])[:-30], "not a zip file"),
+    (build_zip([], dump=None), "no dump.sql"),
+    (build_zip([], manifest=None), "no manifest.json"),
+    (build_zip([], manifest=b"{not json"), "not valid JSON"),
+    (build_zip([], manifest=b"[" * 100_000 + b"]" * 100_000), "not valid JSON"),
+    (build_zip([], manifest=[1, 2]), "not a JSON object"),
+    (build_zip([], manifest={**MANIFEST, "odoo_dump": "2"}), "not an Odoo dump manifest"),
+    (build_zip([], manifest={k: v for k, v in MANIFEST.items() if k != "db_name"}), "db_name is missing"),
+    (build_zip([], manifest={**MANIFEST, "major_version": "17.0; DROP"}), "major_version"),
+    (build_zip([], manifest={**MANIFEST, "pg_version": "fifteen"}), "pg_version"),
+    (build_zip([], manifest={**MANIFEST, "version_info": "17.0"}), "version_info"),
+    (build_zip([], manifest={**MANIFEST, "modules": {"web": "17.0"}}), "base is not installed"),
+    (build_zip([], manifest={**MANIFEST, "modules": {"base": 17}}), "version of module 'base'"),
+    (build_zip([], manifest={**MANIFEST, "modules": {"../base": "1"}}), "not a module name"),
+]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
-    [
-        (b"", "not a zip file"),
-        (b"PK\x03\x04 this is not a zip", "not a zip file"),
-        (os.urandom(4096), "not a zip file"),
-        (build_zip([])[:-30], "not a zip file"),
-        (build_zip([], dump=None), "no dump.sql"),
-        (build_zip([], manifest=None), "no manifest.json"),
-        (build_zip([], manifest=b"{not json"), "not valid JSON"),
-        (build_zip([], manifest=b"[" * 100_000 + b"]" * 100_000), "not valid JSON"),
-        (build_zip([], manifest=[1, 2]), "not a JSON object"),
-        (build_zip([], manifest={**MANIFEST, "odoo_dump": "2"}), "not an Odoo dump manifest"),
-        (build_zip([], manifest={k: v for k, v in MANIFEST.items() if k != "db_name"}), "db_name is missing"),
-        (build_zip([], manifest={**MANIFEST, "major_version": "17.0; DROP"}), "major_version"),
-        (build_zip([], manifest={**MANIFEST, "pg_version": "fifteen"}), "pg_version"),
-        (build_zip([], manifest={**MANIFEST, "version_info": "17.0"}), "version_info"),
-        (build_zip([], manifest={**MANIFEST, "modules": {"web": "17.0"}}), "base is not installed"),
-        (build_zip([], manifest={**MANIFEST, "modules": {"base": 17}}), "version of module 'base'"),
-        (build_zip([], manifest={**MANIFEST, "modules": {"../base": "1"}}), "not a module name"),
-    ],
+    NOT_ODOO_DUMPS,
+    # Ids that do not spell the bytes out: both pytest-xdist processes must collect the same ids, and random bytes
+    # or a zip's timestamps would differ between them.
+    ids=[f"{number}-{message}" for number, (_data, message) in enumerate(NOT_ODOO_DUMPS)],
 )
 def test_it_refuses_what_is_not_an_odoo_dump(data, message):
     with pytest.raises(OdooZipError, match=message):
