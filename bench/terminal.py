@@ -49,9 +49,9 @@ django.setup()
 import websockets  # noqa: E402
 
 from bench.common import lab_panel, percentile  # noqa: E402
+from tests.monitoring_fixtures import ODOO_IMAGE  # noqa: E402
 
 PROJECT = "benchterm"
-ODOO_IMAGE = "ghcr.io/tecnativa/doodba:16.0-onbuild"
 KEYS = "abcdefghijklmnopqrstuvwxyz0123456789"
 READY = "cat-ready"
 

@@ -31,6 +31,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from bench.common import percentile  # noqa: E402
 from deployments.traefik import traefik_labels  # noqa: E402
 from panel.compose import compose_file_text  # noqa: E402
 from panel.inventory.models import Environment, Project, Server  # noqa: E402
@@ -52,11 +53,6 @@ PATH = os.environ.get("BENCH_INNER_PATH", "/web/health")
 
 def docker(spec: lab.HostSpec, *argv: str, check: bool = True) -> str:
     return lab.host_docker(spec, *argv, check=check, timeout=600).stdout
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def timed(connection: http.client.HTTPConnection, host: str, path: str = "/web/health") -> float:
@@ -141,11 +137,11 @@ def main() -> None:
                 "requests": args.requests,
                 "certificate_issuer": issuer,
                 "traefik_p50_ms": round(statistics.median(through) * 1000, 3),
-                "traefik_p99_ms": round(percentile(through, 0.99) * 1000, 3),
+                "traefik_p99_ms": round(percentile(through, 99) * 1000, 3),
                 "traefik_container_p50_ms": round(statistics.median(within) * 1000, 3),
-                "traefik_container_p99_ms": round(percentile(within, 0.99) * 1000, 3),
+                "traefik_container_p99_ms": round(percentile(within, 99) * 1000, 3),
                 "direct_p50_ms": round(statistics.median(straight) * 1000, 3),
-                "direct_p99_ms": round(percentile(straight, 0.99) * 1000, 3),
+                "direct_p99_ms": round(percentile(straight, 99) * 1000, 3),
             }
             result["ratio_p50"] = round(result["traefik_p50_ms"] / result["direct_p50_ms"], 3)
             result["ratio_p99"] = round(result["traefik_p99_ms"] / result["direct_p99_ms"], 3)

@@ -32,42 +32,31 @@ PASSWORD = "correct horse battery staple 42"
 LAB_FIXTURES = {"lab1", "lab2", "lab_hosts_held", "lab_sample"}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Mark every test that holds the lab ``lab``, and split the suite in two groups for pytest-xdist's
     ``--dist loadgroup`` (bin/run-tests): the lab's tests wait for each other anyway (one lab, one lock), so they run
-    in one process while the rest runs in another. First among the hooks: xdist reads the group marks in its own
-    ``pytest_collection_modifyitems`` (a mark added after it is ignored, and both processes then take lab tests
-    and wait for each other on the lab's lock)."""
+    in one process while the rest runs in another. A wrapper, so the marks are there before xdist reads them in its
+    own ``pytest_collection_modifyitems``; afterwards, in a worker, every grouped test's id must carry its group, or
+    xdist schedules the tests as if there were no groups (it did with pytest 9.2: both processes took lab tests and
+    waited for each other on the lab's lock), and the run fails instead."""
     for item in items:
         if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
             item.add_marker(pytest.mark.xdist_group("lab"))
         else:
             item.add_marker(pytest.mark.xdist_group("rest"))
-
-
-def _check_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a pytest-xdist worker with ``--dist loadgroup``, every grouped test's id must carry its group by now, or
-    xdist schedules the tests as if there were no groups (it did with pytest 9.2): fail the run instead."""
-    if not config.getoption("loadgroup", False):
-        return
-    ignored = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
-    if ignored:
-        raise pytest.UsageError(
-            f"pytest-xdist ignored the test groups ({ignored[0]} has no @group): the lab's tests would run in both "
-            "processes and wait for each other; check the pytest and pytest-xdist versions (requirements-dev.txt)"
-        )
-
-
-class _GroupCheck:
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        _check_groups(config, items)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.register(_GroupCheck(), "panel-xdist-group-check")
+    yield
+    if config.getoption("loadgroup", False):
+        ignored = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if ignored:
+            message = (
+                f"pytest-xdist ignored the test groups ({ignored[0]} has no @group): the lab's tests would run in "
+                "both processes and wait for each other; check the pytest and pytest-xdist versions "
+                "(requirements-dev.txt)"
+            )
+            print(message, file=sys.stderr)  # xdist reports a worker's collection error only as a crash
+            raise pytest.UsageError(message)
 
 
 @contextmanager
@@ -77,8 +66,10 @@ def shared_services(exclusive: bool) -> Iterator[None]:
     test never breaks a test of the other process. Writers queue at a gate first, so readers cannot starve them.
     Outside xdist there is nobody to share with, nor when each process has its own copy of the servers
     (``PANEL_TEST_SERVER_COPIES``, see tests/settings.py): then a fault test stops only its own process's servers."""
+    from tests.services import own_servers
+
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run or os.environ.get("PANEL_TEST_OWN_SERVERS") == "1":
+    if not run or own_servers():
         yield
         return
     base = Path(tempfile.gettempdir()) / f"doodba-panel-tests-{run}"

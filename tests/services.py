@@ -14,8 +14,13 @@ from django.conf import settings
 EXCLUSIVE = {"held": False}
 
 
+def own_servers() -> bool:
+    """Whether this pytest-xdist process has its own copy of PostgreSQL and Redis (tests/settings.py)."""
+    return os.environ.get("PANEL_TEST_OWN_SERVERS") == "1"
+
+
 def _require_exclusive(what: str) -> None:
-    if not EXCLUSIVE["held"] and os.environ.get("PANEL_TEST_OWN_SERVERS") != "1":
+    if not EXCLUSIVE["held"] and not own_servers():
         raise AssertionError(f"a test that stops the shared {what} must be marked @pytest.mark.exclusive")
 
 
